@@ -454,7 +454,7 @@ class ProcessTest(unittest.TestCase):
 
     def test_missing_prod_conf_exits_2(self):
         with tempfile.TemporaryDirectory() as folder:
-            for name in ('run.py', 'settings.py', 'production.py', 'probes.py'):
+            for name in ('run.py', 'settings.py', 'production.py', 'probes.py', 'dashboard.py'):
                 shutil.copy(os.path.join(HERE, name), folder)
             done = self.run_bad({}, cwd=folder)
         self.assertEqual(done.returncode, 2)
