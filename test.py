@@ -51,6 +51,10 @@ class Slow:
         return 'slept\n'
 
     @cherrypy.expose
+    def thread(self):
+        return threading.current_thread().name
+
+    @cherrypy.expose
     def boom(self):
         raise RuntimeError('secret detail /etc/app/config.py')
 
@@ -364,6 +368,33 @@ class ShutdownTest(unittest.TestCase):
             server.stop()
             results = [f.result() for f in calls]
         self.assertEqual([(s, b) for s, _, b in results], [(200, b'answered')] * 10)
+
+
+class LingerTest(unittest.TestCase):
+
+    def test_a_keep_alive_client_keeps_its_worker(self):
+        """The next request on a kept-alive connection is served by the same worker: no trip
+        through the selector thread and the queue (cheroot alone rotates through workers)."""
+        conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+        try:
+            names = set()
+            for _ in range(10):
+                conn.request('GET', '/test/thread')
+                names.add(conn.getresponse().read())
+            self.assertEqual(len(names), 1, names)
+        finally:
+            conn.close()
+
+    def test_a_client_that_pauses_goes_back_to_the_selector(self):
+        conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+        try:
+            conn.request('GET', '/healthcheck')
+            conn.getresponse().read()
+            time.sleep(0.1)  # longer than the linger: the worker has moved on
+            conn.request('GET', '/healthcheck')
+            self.assertEqual(conn.getresponse().read(), b'Yay<br />\n')
+        finally:
+            conn.close()
 
 
 class SettingsTest(unittest.TestCase):
