@@ -51,6 +51,10 @@ class Slow:
         return 'slept\n'
 
     @cherrypy.expose
+    def thread(self):
+        return threading.current_thread().name
+
+    @cherrypy.expose
     def boom(self):
         raise RuntimeError('secret detail /etc/app/config.py')
 
@@ -68,6 +72,7 @@ def setUpModule():
 
 def tearDownModule():
     cherrypy.engine.exit()
+
 
 
 def request(method, path, port=PORT, headers=None, body=None, timeout=5):
@@ -366,6 +371,35 @@ class ShutdownTest(unittest.TestCase):
         self.assertEqual([(s, b) for s, _, b in results], [(200, b'answered')] * 10)
 
 
+class LingerTest(unittest.TestCase):
+
+    def test_a_keep_alive_client_keeps_its_worker(self):
+        """The next request on a kept-alive connection is served by the same worker, with no
+        trip through the selector thread and the queue (cheroot alone rotates through its
+        workers). The linger is stretched so that a slow test machine cannot miss it."""
+        conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+        try:
+            with mock.patch.object(production.LingeringConnection, 'LINGER', 1.0):
+                names = set()
+                for _ in range(10):
+                    conn.request('GET', '/test/thread')
+                    names.add(conn.getresponse().read())
+            self.assertEqual(len(names), 1, names)
+        finally:
+            conn.close()
+
+    def test_a_client_that_pauses_goes_back_to_the_selector(self):
+        conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+        try:
+            conn.request('GET', '/healthcheck')
+            conn.getresponse().read()
+            time.sleep(0.1)  # longer than the linger: the worker has moved on
+            conn.request('GET', '/healthcheck')
+            self.assertEqual(conn.getresponse().read(), b'Yay<br />\n')
+        finally:
+            conn.close()
+
+
 class SettingsTest(unittest.TestCase):
 
     def test_bad_values_name_the_variable(self):
@@ -551,9 +585,12 @@ class LifecycleTest(unittest.TestCase):
         self.lifecycle.state = probes.READY
         self.assertIsNone(probes.not_ready_reason())
         handler = probes._on_signal(drain_seconds=30)
-        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
+        listener = mock.Mock(draining=False)
+        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit, \
+                mock.patch.object(probes, '_listeners', return_value=[listener]):
             handler()
             self.assertEqual(probes.not_ready_reason(), 'draining')
+            self.assertTrue(listener.draining)  # answers now say "Connection: close"
             engine_exit.assert_not_called()  # still serving for the drain period
             handler()  # a second signal does not wait
             engine_exit.assert_called_once()
@@ -569,7 +606,8 @@ class LifecycleTest(unittest.TestCase):
 
     def test_zero_drain_stops_at_once(self):
         self.lifecycle.state = probes.READY
-        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
+        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit, \
+                mock.patch.object(probes, '_listeners', return_value=[]):
             probes._on_signal(drain_seconds=0)()
             self.lifecycle.drain_timer.join(2)
             engine_exit.assert_called_once()
