@@ -49,6 +49,7 @@ class Counters:
         self.in_flight = 0
         self.probes = 0
         self._latencies = collections.deque(maxlen=RESERVOIR)
+        self._children = {}  # (path, status): its counter; labels() costs more than inc()
         # Its own registry, not the global one: a second configure() or a test gets fresh metrics.
         self.registry = registry = prometheus_client.CollectorRegistry()
         self.requests_metric = prometheus_client.Counter(
@@ -91,7 +92,10 @@ class Counters:
                 self.visits += 1
                 slot_minute, count = self._minutes[minute % 60]
                 self._minutes[minute % 60] = (minute, count + 1 if slot_minute == minute else 1)
-        self.requests_metric.labels(path, str(status)).inc()
+        child = self._children.get((path, status))
+        if child is None:  # labels() is thread-safe and returns the same child to every thread
+            child = self._children[path, status] = self.requests_metric.labels(path, str(status))
+        child.inc()
         self.latency_metric.observe(seconds)
         if visit:
             self.visits_metric.inc()
