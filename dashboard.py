@@ -11,7 +11,7 @@ them on the public site as well, set DASHBOARD_TOKEN: /stats and /metrics then a
 only with "Authorization: Bearer <token>" (the /dashboard page takes it as /dashboard#<token>;
 a URL fragment is never sent to the server, so the token stays out of access logs).
 
-Counting is a CherryPy tool on the main site: two hooks per request and one lock.
+Counting is a CherryPy tool on the main site: one hook per request and one lock.
 Health probes are counted apart and stay out of the latency figures.
 
 Remove the feature: delete dashboard.py, static/dashboard.js, static/dashboard.css, the
@@ -26,6 +26,7 @@ import time
 
 import cherrypy
 import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import production
 
@@ -37,7 +38,11 @@ STATUS_CLASSES = ('1xx', '2xx', '3xx', '4xx', '5xx')
 
 
 class Counters:
-    """Every number the pages show. Thread-safe: one lock around a few integer updates."""
+    """Every number the pages show. Thread-safe: one lock around a few integer updates.
+
+    It is also the Prometheus collector of its registry: /metrics reads the same numbers as
+    /stats at each scrape, so a request costs one lock and a histogram observation.
+    """
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -45,31 +50,17 @@ class Counters:
         self._lock = threading.Lock()
         self.visits = 0
         self._minutes = [(-1, 0)] * 60  # slot minute % 60: (minute, visits in it)
-        self.status_classes = dict.fromkeys(STATUS_CLASSES, 0)
+        self.requests = collections.Counter()  # (path template, status): answered requests
+        self.probes = collections.Counter()    # status: health-probe requests
         self.in_flight = 0
-        self.probes = 0
         self._latencies = collections.deque(maxlen=RESERVOIR)
-        self._children = {}  # (path, status): its counter; labels() costs more than inc()
         # Its own registry, not the global one: a second configure() or a test gets fresh metrics.
-        self.registry = registry = prometheus_client.CollectorRegistry()
-        self.requests_metric = prometheus_client.Counter(
-            'http_requests', 'Requests answered, by path template and status; probes excluded.',
-            ['path', 'status'], registry=registry)
+        self.registry = prometheus_client.CollectorRegistry()
+        self.registry.register(self)
         self.latency_metric = prometheus_client.Histogram(
             'http_request_duration_seconds', 'Response time; health probes excluded.',
-            registry=registry)
-        self.visits_metric = prometheus_client.Counter(
-            'visits', 'Landing page views (GET/HEAD of / or /index answered 2xx).', registry=registry)
-        self.probes_metric = prometheus_client.Counter(
-            'health_probes', 'Health-probe requests on the main listener.', ['status'],
-            registry=registry)
-        prometheus_client.Gauge('http_requests_in_flight', 'Requests being answered now.',
-                                registry=registry).set_function(lambda: self.in_flight)
-        prometheus_client.Gauge('http_threads_busy', 'Worker threads answering a request.',
-                                registry=registry).set_function(lambda: threads()['busy'])
-        prometheus_client.Gauge('http_threads_idle', 'Worker threads waiting for a request.',
-                                registry=registry).set_function(lambda: threads()['idle'])
-        prometheus_client.ProcessCollector(registry=registry)  # memory, CPU, open files
+            registry=self.registry)
+        prometheus_client.ProcessCollector(registry=self.registry)  # memory, CPU, open files
 
     def start(self, probe):
         if not probe:
@@ -80,25 +71,44 @@ class Counters:
         """Count one answered request; `path` is its template (see path_template)."""
         if probe:
             with self._lock:
-                self.probes += 1
-            self.probes_metric.labels(str(status)).inc()
+                self.probes[status] += 1
             return
         minute = int(self.clock() // 60)
         with self._lock:
             self.in_flight -= 1
-            self.status_classes[STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]] += 1
+            self.requests[path, status] += 1
             self._latencies.append(seconds)
             if visit:
                 self.visits += 1
                 slot_minute, count = self._minutes[minute % 60]
                 self._minutes[minute % 60] = (minute, count + 1 if slot_minute == minute else 1)
-        child = self._children.get((path, status))
-        if child is None:  # labels() is thread-safe and returns the same child to every thread
-            child = self._children[path, status] = self.requests_metric.labels(path, str(status))
-        child.inc()
         self.latency_metric.observe(seconds)
-        if visit:
-            self.visits_metric.inc()
+
+    def collect(self):
+        """The counters and gauges of /metrics (the registry calls this at each scrape)."""
+        with self._lock:
+            requests, probes = sorted(self.requests.items()), sorted(self.probes.items())
+            visits, in_flight = self.visits, self.in_flight
+        family = CounterMetricFamily(
+            'http_requests', 'Requests answered, by path template and status; probes excluded.',
+            labels=['path', 'status'])
+        for (path, status), count in requests:
+            family.add_metric([path, str(status)], count)
+        yield family
+        family = CounterMetricFamily(
+            'health_probes', 'Health-probe requests on the main listener.', labels=['status'])
+        for status, count in probes:
+            family.add_metric([str(status)], count)
+        yield family
+        yield CounterMetricFamily(
+            'visits', 'Landing page views (GET/HEAD of / or /index answered 2xx).', value=visits)
+        yield GaugeMetricFamily(
+            'http_requests_in_flight', 'Requests being answered now.', value=in_flight)
+        workers = threads()
+        yield GaugeMetricFamily(
+            'http_threads_busy', 'Worker threads answering a request.', value=workers['busy'])
+        yield GaugeMetricFamily(
+            'http_threads_idle', 'Worker threads waiting for a request.', value=workers['idle'])
 
     def snapshot(self):
         """The /stats document. Field names are stable; add fields, do not rename them."""
@@ -109,8 +119,11 @@ class Counters:
                           for m in range(minute - 59, minute + 1)
                           for slot_minute, count in [self._minutes[m % 60]]]
             latencies = sorted(self._latencies)
-            classes = dict(self.status_classes)
-            visits, in_flight, probes = self.visits, self.in_flight, self.probes
+            requests = list(self.requests.items())
+            visits, in_flight, probes = self.visits, self.in_flight, sum(self.probes.values())
+        classes = dict.fromkeys(STATUS_CLASSES, 0)
+        for (_, status), count in requests:
+            classes[STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]] += count
 
         def percentile(q):  # nearest rank, in milliseconds
             if not latencies:
@@ -158,35 +171,27 @@ def path_template(request):
 
 
 class CountingTool(cherrypy.Tool):
-    """tools.count: start the clock when a request reaches the app, count it when its answer
-    has been written (on_end_request runs for errors too)."""
+    """tools.count. CherryPy calls _setup once per request, as the request reaches the app
+    and its handler is known: start the clock there, and count the request in the
+    on_end_request hook, which runs once the answer is written, for errors too."""
 
     def __init__(self):
-        super().__init__('on_start_resource', self.start, priority=0)  # before tools.allow
+        super().__init__('on_end_request', self.finish)
 
     def _setup(self):
         counters = self._merged_args()['counters']
-        hooks = cherrypy.serving.request.hooks
-        hooks.attach('on_start_resource', self.start, priority=0, counters=counters)
-        hooks.attach('on_end_request', self.finish, failsafe=True, priority=0, counters=counters)
-
-    @staticmethod
-    def start(counters):
         request = cherrypy.serving.request
         request.count_probe = request.path_info.startswith(production.HEALTH_PATH)
         request.count_path = path_template(request)
-        request.count_started = time.perf_counter()
         counters.start(request.count_probe)
+        request.count_started = time.perf_counter()
+        request.hooks.attach('on_end_request', self.finish, failsafe=True, counters=counters)
 
     @staticmethod
     def finish(counters):
         request = cherrypy.serving.request
-        started = getattr(request, 'count_started', None)
-        if started is None:  # failed before it reached the app: not counted
-            return
-        seconds = time.perf_counter() - started
-        output = cherrypy.serving.response.output_status or b'500'
-        status = int(output[:3])
+        seconds = time.perf_counter() - request.count_started
+        status = int((cherrypy.serving.response.output_status or b'500')[:3])
         path = 'other' if status == 404 else request.count_path
         visit = path in VISIT_PATHS and request.method in ('GET', 'HEAD') and status // 100 == 2
         counters.finish(path, status, seconds, visit=visit, probe=request.count_probe)

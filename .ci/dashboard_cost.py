@@ -4,13 +4,18 @@
 
 Three servers run side by side on loopback; wrk loads one at a time, alternating
 A B C A B C... so that drift of the machine hits every variant alike. Prints medians of
-throughput and of the server's CPU time per request (from /proc: steadier than throughput
-when other work shares the machine).
+throughput and of the server's CPU time per request (from /proc).
+
+Then, in this process and without sockets, the same WSGI request for "/" through CherryPy
+with tools.count on and off, alternating request by request, each timed in CPU time:
+other work on the machine moves both alike, so this shows the cost of counting when
+wrk's spread hides it.
   A  counters on: `python run.py` as shipped
   B  counters off: the same run.py with dashboard.install replaced by a no-op
      (no tool, no pages: exactly what deleting the feature leaves)
   C  counters on, and cheroot's own server.statistics on (what the dashboard does without)
 """
+import io
 import os
 import re
 import signal
@@ -59,6 +64,42 @@ def start(code):
     raise SystemExit(f'server did not start: {code}')
 
 
+def in_process(calls=20000):
+    """Median CPU microseconds of a "/" request through CherryPy's WSGI app: counting on, off."""
+    os.environ.update(HOST='127.0.0.1', PORT='8080', ADMIN_PORT='0')
+    sys.path.insert(0, ROOT)
+    import cherrypy
+    import run
+    run.configure()  # mounts the site; no listener is started
+    cherrypy.config.update({'log.screen': False})  # the access log is formatted, not printed
+    config = cherrypy.tree.apps[''].config['/']
+    environ = {'REQUEST_METHOD': 'GET', 'PATH_INFO': '/', 'QUERY_STRING': '', 'SCRIPT_NAME': '',
+               'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '8080', 'SERVER_PROTOCOL': 'HTTP/1.1',
+               'ACTUAL_SERVER_PROTOCOL': 'HTTP/1.1', 'REMOTE_ADDR': '127.0.0.1',
+               'HTTP_HOST': '127.0.0.1', 'wsgi.url_scheme': 'http', 'wsgi.errors': sys.stderr,
+               'wsgi.version': (1, 0), 'wsgi.multithread': True, 'wsgi.multiprocess': False,
+               'wsgi.run_once': False}
+    statuses = set()
+
+    def call():
+        answer = cherrypy.tree(dict(environ, **{'wsgi.input': io.BytesIO()}),
+                               lambda status, headers, exc_info=None: statuses.add(status))
+        b''.join(answer)
+        answer.close()
+
+    cpu = {True: [], False: []}
+    for i in range(calls):
+        on = config['tools.count.on'] = bool(i % 2)
+        started = time.process_time_ns()
+        call()
+        cpu[on].append((time.process_time_ns() - started) / 1000)
+    assert statuses == {'200 OK'}, statuses
+    on, off = statistics.median(cpu[True]), statistics.median(cpu[False])
+    print(f'\nin process, median of {calls // 2} requests each, alternating:')
+    print(f'counting on  {on:6.0f} us CPU/request\ncounting off {off:6.0f} us CPU/request\n'
+          f'cost of counting {on - off:+.1f} us per request ({(on - off) / off:+.1%})')
+
+
 def main():
     servers = {name: start(code) for name, code in VARIANTS.items()}
     results = {name: [] for name in VARIANTS}
@@ -88,6 +129,7 @@ def main():
         rate, used = statistics.median(rates), statistics.median(cpu[name])
         print(f'{name:32} {rate:7.0f} req/s ({rate / base:.3f})  '
               f'{used:6.0f} us CPU/request ({used / base_cpu:.3f})')
+    in_process()
 
 
 if __name__ == '__main__':
