@@ -201,7 +201,7 @@ cherrypy.tools.count = CountingTool()
 
 
 def check_token(token):
-    """tools.dashboard_token: 401 unless the request carries "Authorization: Bearer <token>"."""
+    """401 unless the request carries "Authorization: Bearer <token>"."""
     sent = cherrypy.serving.request.headers.get('Authorization', '')
     scheme, _, value = sent.partition(' ')
     # compare_digest takes as long for a near miss as for a wild guess: no timing hints.
@@ -210,23 +210,29 @@ def check_token(token):
         raise cherrypy.HTTPError(401)
 
 
-cherrypy.tools.dashboard_token = cherrypy.Tool('on_start_resource', check_token, priority=10)
-
-
 class Pages:
-    """/stats, /metrics and /dashboard, attached to a site's root object."""
+    """/stats, /metrics and /dashboard, attached to a site's root object.
 
-    def __init__(self, counters):
+    With a token, the data pages check it themselves: every URL that reaches them is
+    checked, however it is spelled, with no config section to keep in step.
+    """
+
+    def __init__(self, counters, token=None):
         self.counters = counters
+        self.token = token
 
     @cherrypy.expose
     @cherrypy.tools.json_out()
     def stats(self):
+        if self.token:
+            check_token(self.token)
         cherrypy.serving.response.headers['Cache-Control'] = 'no-store'
         return self.counters.snapshot()
 
     @cherrypy.expose
     def metrics(self):
+        if self.token:
+            check_token(self.token)
         cherrypy.serving.response.headers['Content-Type'] = prometheus_client.CONTENT_TYPE_LATEST
         cherrypy.serving.response.headers['Cache-Control'] = 'no-store'
         return prometheus_client.generate_latest(self.counters.registry)
@@ -276,7 +282,7 @@ def install(app, admin_root, environ=os.environ):
     """Count the requests of `app`; serve the pages on the admin root and, when
     DASHBOARD_TOKEN is set, on the public site behind that token. Returns the Counters."""
     counters = Counters()
-    pages = Pages(counters)
+    pages = Pages(counters)  # the admin listener is private: no token there
     app.merge({'/': {'tools.count.on': True, 'tools.count.counters': counters}})
     if admin_root is not None:
         admin_root.stats, admin_root.metrics = pages.stats, pages.metrics
@@ -287,8 +293,7 @@ def install(app, admin_root, environ=os.environ):
             print(f'Bad setting: DASHBOARD_TOKEN: must be at least {MIN_TOKEN_LENGTH} characters '
                   'without surrounding spaces', file=sys.stderr)
             raise SystemExit(2)
+        guarded = Pages(counters, token)
         app.root.stats, app.root.metrics, app.root.dashboard = (
-            pages.stats, pages.metrics, pages.dashboard)
-        guarded = {'tools.dashboard_token.on': True, 'tools.dashboard_token.token': token}
-        app.merge({'/stats': guarded, '/metrics': guarded})
+            guarded.stats, guarded.metrics, guarded.dashboard)
     return counters

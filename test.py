@@ -842,11 +842,12 @@ class DashboardTokenTest(unittest.TestCase):
             good = {'Authorization': f'Bearer {TOKEN}'}
             for headers in ({}, {'Authorization': f'Bearer {TOKEN[:-1]}x'},
                             {'Authorization': TOKEN}, {'Authorization': f'Basic {TOKEN}'}):
-                for path in ('/stats', '/metrics', f'/stats?token={TOKEN}'):
+                for path in ('/stats', '/metrics', '/stats/', '/metrics/', '/%73tats'):
                     status, answer, body = request('GET', path, port=port, headers=headers)
                     self.assertEqual(status, 401, (path, headers))
                     self.assertEqual(answer['WWW-Authenticate'], 'Bearer')
                     self.assertNotIn(b'visits', body)
+            self.assertEqual(request('GET', f'/stats?token={TOKEN}', port=port)[0], 404)  # header only
             request('GET', '/', port=port)
             self.assertEqual(settled(lambda: stats(port, good)['visits']['total'], 1), 1)
             self.assertEqual(metrics(port, good)[('visits_total', ())], 1)
