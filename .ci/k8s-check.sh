@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes manifests in k8s/ and checks their probes against the real server.
+# Usage: bash .ci/k8s-check.sh   (from anywhere; needs python3 and PyPI, nothing installed by hand)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A throw-away venv: the pinned tools plus the app's own requirements, so run.py starts as in production.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 -m venv "$work/venv"
+if ! timeout 300 "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r requirements.txt -r .ci/k8s-requirements.txt 2>"$work/pip.log"; then
+    cat "$work/pip.log"
+    echo "FAIL k8s-check: could not install the pinned tools (requirements.txt, .ci/k8s-requirements.txt)"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
+# Bounded: three server starts of at most 30 s each plus validation stay well inside 5 minutes.
+timeout 300 "$work/venv/bin/python" .ci/k8s_check.py k8s
