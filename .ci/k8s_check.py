@@ -3,7 +3,8 @@
 1. Every resource validates in strict mode (unknown fields fail) with the PyPI package kubernetes-validate.
 2. The pod's settings fit together: probes and ports resolve, the grace period covers preStop + drain + shutdown.
 3. The real server (`python run.py`, with the manifest's environment) answers 200 on every probe path and port,
-   each within the probe's timeoutSeconds, and on the ELB health-check path of the Service.
+   each within the probe's timeoutSeconds, and on the ELB health-check path of the Service; after SIGTERM
+   readiness turns 503 while liveness stays 200.
 4. Self-test: copies of the manifests with a wrong probe path, a wrong port or an unknown field must fail.
 
 Usage: python .ci/k8s_check.py [k8s-dir]   (run by .ci/k8s-check.sh inside a venv with the pinned tools)
@@ -224,6 +225,11 @@ def check_against_server(name, labels, container, services):
                                         lambda: server.poll() is None)
             report(status == 200 and took < timeout, what + " answers 200 within %s s" % timeout,
                    error or "got %s in %.3f s" % (status, took))
+        if int(env.get("DRAIN_SECONDS", 0)) and server.poll() is None:
+            check_draining(name, server, [(label, real[resolve(port, container)], path, headers, timeout)
+                                          for label, port, path, headers, timeout in targets
+                                          if path and resolve(port, container) in real
+                                          and not label.startswith(("startup", "pre", "post"))])
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)  # Not a drain test: the manifest's DRAIN_SECONDS would only slow CI.
@@ -233,6 +239,23 @@ def check_against_server(name, labels, container, services):
             tail = log.read().decode(errors="replace").strip().splitlines()[-15:]
             print("  server output (exit %s):\n    " % server.returncode + "\n    ".join(tail), flush=True)
         log.close()
+
+
+def check_draining(name, server, targets):
+    """After SIGTERM, while DRAIN_SECONDS run: readiness 503 (balancers deregister the pod), liveness still 200
+    (the kubelet keeps running liveness probes during the grace period and would kill a pod that fails them)."""
+    os.kill(server.pid, signal.SIGTERM)
+    for label, port, path, headers, timeout in targets:
+        want = 503 if label.startswith("readiness") or "health check" in label else 200
+        deadline, status = time.monotonic() + 2, None
+        while time.monotonic() < deadline and status != want:
+            try:
+                status, _ = get(port, path, headers, timeout)
+            except OSError as e:
+                status = "%s: %s" % (type(e).__name__, e)
+            time.sleep(0.05)
+        report(status == want, "%s while draining after SIGTERM: %s %s answers %s" % (name, label, path, want),
+               "got %s" % status)
 
 
 def self_test(manifest_dir):
