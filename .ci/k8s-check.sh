@@ -19,7 +19,7 @@ fi
 
 # Bounded: four server starts (one real, three self-tests) of at most 30 s each; about 15 s in practice.
 status=0
-timeout 300 "$work/venv/bin/python" .ci/k8s_check.py k8s || status=$?
+timeout -k 10 300 "$work/venv/bin/python" .ci/k8s_check.py k8s || status=$?
 if [ "$status" = 124 ]; then
     echo "FAIL k8s-check: did not finish within 300 s"
     echo "0 passed, 1 failed"

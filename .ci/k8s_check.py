@@ -278,11 +278,17 @@ def self_test(manifest_dir):
             if not changed:
                 report(False, "self-test: %s is caught" % what, "%r not found in the manifests" % old)
                 continue
-            run = subprocess.run([sys.executable, __file__, "--no-self-test", tmp], capture_output=True, text=True,
-                                 timeout=2 * START_DEADLINE + 30)
-            failed = [line for line in run.stdout.splitlines() if line.startswith("FAIL") and culprit in line]
-            report(run.returncode != 0 and bool(failed), "self-test: %s is caught" % what,
-                   "exit %s, no FAIL line naming %r" % (run.returncode, culprit))
+            child = subprocess.Popen([sys.executable, __file__, "--no-self-test", tmp], stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+            try:
+                out, _ = child.communicate(timeout=2 * START_DEADLINE + 30)
+            finally:
+                if child.poll() is None:  # Time-out or SIGTERM: the child stops its own server on SIGTERM.
+                    os.killpg(child.pid, signal.SIGTERM)
+                    child.wait(10)
+            failed = [line for line in out.splitlines() if line.startswith("FAIL") and culprit in line]
+            report(child.returncode != 0 and bool(failed), "self-test: %s is caught" % what,
+                   "exit %s, no FAIL line naming %r" % (child.returncode, culprit))
             if failed:
                 print("  (it said: %s)" % failed[0], flush=True)
 
@@ -306,6 +312,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # A time-out's SIGTERM unwinds like an exception, so every `finally` stops the servers this check started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("FAIL k8s check stopped by SIGTERM"))
     try:
         sys.exit(main(sys.argv[1:]))
     except Exception as error:  # A manifest shaped in a way this check did not expect: say so, never pass.
