@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_DEADLINE = 30  # Seconds the server gets to start and turn ready.
 DEFAULT_PORTS = {"PORT": 8080, "ADMIN_PORT": 8081}  # The server's defaults when the manifest sets none.
 ALB_HEALTHCHECK = "alb.ingress.kubernetes.io/healthcheck-path"
+ALB_HEALTHCHECK_PORT = "alb.ingress.kubernetes.io/healthcheck-port"
 
 results = {"passed": 0, "failed": 0}
 
@@ -195,9 +196,12 @@ def check_against_server(name, labels, container, services):
             report(listening.get(number) == "PORT", "Service %s port %s goes to the main port" % (
                 svc["metadata"]["name"], sp["port"]),
                 "targetPort %r is %s" % (sp.get("targetPort"), listening.get(number, "not a server port")))
-            path = svc["metadata"].get("annotations", {}).get(ALB_HEALTHCHECK)
-            if path:  # The ALB health-checks the same port the Service sends traffic to.
-                targets.append(("Service %s ELB health check" % svc["metadata"]["name"], number, path, {}, 2))
+            annotations = svc["metadata"].get("annotations", {})
+            path = annotations.get(ALB_HEALTHCHECK)
+            if path:  # The ALB health-checks the traffic port unless the annotation names another.
+                check_port = annotations.get(ALB_HEALTHCHECK_PORT, "traffic-port")
+                check_port = number if check_port == "traffic-port" else int(check_port)
+                targets.append(("Service %s ELB health check" % svc["metadata"]["name"], check_port, path, {}, 2))
 
     real = {number: free_port() for number in listening}  # Manifest port -> a free loopback port for this run.
     run_env = {**os.environ, **env, "HOST": "127.0.0.1", "PYTHONDONTWRITEBYTECODE": "1"}
