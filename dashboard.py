@@ -12,7 +12,9 @@ only with "Authorization: Bearer <token>" (the /dashboard page takes it as /dash
 a URL fragment is never sent to the server, so the token stays out of access logs).
 
 Counting is a CherryPy tool on the main site: one hook per request and one lock.
-Health probes are counted apart and stay out of the latency figures.
+Health probes are counted apart and stay out of the latency figures. The counts live in
+the process: with WORKERS=N each process has its own, and each request for /stats or
+/metrics is answered by whichever process the kernel picks (see process_id).
 
 Remove the feature: delete dashboard.py, static/dashboard.js, static/dashboard.css, the
 DashboardTest block of test.py and the `dashboard.install(...)` line of run.py.
@@ -132,6 +134,7 @@ class Counters:
 
         return {
             'uptime_seconds': round(now - self.started, 1),
+            'process_id': os.getpid(),  # with WORKERS=N each process counts its own requests
             'visits': {'total': visits, 'last_hour': sum(per_minute),
                        'per_minute': per_minute,  # 60 numbers, oldest first; the last is this minute
                        'per_minute_start': (minute - 59) * 60},  # Unix time of the first minute
