@@ -132,6 +132,10 @@ class LandingPageTest(unittest.TestCase):
         self.assertIn('src="/logo.png"', page)
         self.assertIn('href="/static/style.css"', page)
 
+    def test_query_strings_from_campaign_links_still_land(self):
+        for path in ('/?utm_source=newsletter&utm_medium=email', '/index?ref=x', '/healthcheck?t=1'):
+            self.assertEqual(request('GET', path)[0], 200, path)
+
     def test_index_answers_like_root(self):
         self.assertEqual(request('GET', '/index')[2], request('GET', '/')[2])
 
