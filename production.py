@@ -15,6 +15,7 @@ import sys
 import time
 
 import cheroot.connections
+import cheroot.server
 import cheroot.wsgi
 import cherrypy
 from cherrypy import _cplogging, _cpwsgi_server
@@ -93,7 +94,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 conn = self._from_server_socket(listener)
             except OSError:
                 break
-            if conn is None and not _pending(listener):
+            if conn is None and not _readable(listener, 0):
                 break
         deadline = time.monotonic() + wait
         while len(self._selector) > 1 and time.monotonic() < deadline:
@@ -106,13 +107,43 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 break
 
 
-def _pending(listener):
-    return bool(select.select([listener], [], [], 0)[0])
+def _readable(sock, seconds):
+    """Whether sock has data (or EOF) within `seconds`; poll, since select() stops at fd 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
+class LingeringConnection(cheroot.server.HTTPConnection):
+    """A connection whose worker waits a moment for the client's next request.
+
+    A keep-alive client sends its next request as soon as it has read the answer. Waiting
+    LINGER seconds for it on the same worker skips a trip through the selector thread and
+    the worker queue (two thread switches, each contending for the GIL).
+    """
+
+    LINGER = 0.002
+    MAX_REQUESTS = 100  # then back through the selector, so that one client cannot hog a worker
+
+    def communicate(self):
+        keep_open = super().communicate()
+        for _ in range(self.MAX_REQUESTS):
+            if not (keep_open and self._may_linger()
+                    and (self.rfile.has_data() or _readable(self.socket, self.LINGER))):
+                break
+            keep_open = super().communicate()
+        return keep_open
+
+    def _may_linger(self):
+        # Only while no other connection waits for a worker: never make others queue longer.
+        server = self.server
+        return server.ready and not server.draining and not server.requests.qsize
 
 
 class TunedServer:
     """The template's connection handling, mixed into cheroot's servers."""
 
+    ConnectionClass = LingeringConnection
     draining = False  # set on SIGTERM: answers say "Connection: close"
     last_loop = None
 
