@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load-balancer simulation (issue 4): probes must answer while every worker is busy.
-# Bounded: about 45 s. Prints Markdown tables and "N passed, N failed"; non-zero on failure.
+# Bounded: about 35 s (the simulation stops itself at 80 s). Prints Markdown tables and "N passed, N failed"; non-zero on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
