@@ -83,6 +83,15 @@ def not_ready_reason():
     return lifecycle.not_ready_reason()
 
 
+YAY, ALIVE = 'Yay<br />\n', 'Alive\n'
+
+
+def readiness():
+    """(status, body): 200 "Yay<br />\n" when ready, else 503 "Not ready: <reason>"."""
+    reason = not_ready_reason()
+    return (503, f'Not ready: {reason}\n') if reason else (200, YAY)
+
+
 def readiness_check(name, timeout=1.0):
     """Decorator: register a readiness check that must finish within `timeout` seconds."""
     def register(fn):
@@ -113,9 +122,36 @@ class AdminRoot:
         self.healthcheck = healthcheck
 
 
+def _probes_first(app):
+    """WSGI in front of the admin site: GET/HEAD of the probe URLs answered without
+    CherryPy's request machinery, at a third of its CPU (0.4 ms, not 1.2 ms).
+
+    Every balancer node and kubelet probes every pod, and those probes share one core's
+    worth of Python with the site: measured with 200 clients probing every 100 ms while
+    every worker was busy (.ci/elb_sim.py), CherryPy's path timed out in 3 runs of 17,
+    this one in none of 7. Other admin pages still go through CherryPy.
+    """
+    answers = {'/healthcheck': readiness, '/healthcheck/': readiness,
+               '/healthcheck/live': lambda: (200, ALIVE)}
+
+    def wsgi(environ, start_response):
+        answer = answers.get(environ['PATH_INFO'])
+        if answer is None or environ['REQUEST_METHOD'] not in ('GET', 'HEAD'):
+            return app(environ, start_response)
+        status, text = answer()
+        body = text.encode()
+        start_response('200 OK' if status == 200 else '503 Service Unavailable', [
+            ('Content-Type', 'text/html;charset=utf-8'), ('Content-Length', str(len(body))),
+            ('Cache-Control', 'no-store'), ('X-Content-Type-Options', 'nosniff')])
+        return [] if environ['REQUEST_METHOD'] == 'HEAD' else [body]
+    return wsgi
+
+
 def _admin_server(config, root):
     app = cherrypy.Application(root)
     production.configure_app(app, config)  # same headers, error pages and log as the main site
+    if not config['ops.log_health_checks']:  # logged probes go through CherryPy's access log
+        app = _probes_first(app)
     address = (config['server.socket_host'], config['ops.admin_port'])
     server = production.AdminServer(address, app, numthreads=ADMIN_THREADS,
                                     request_queue_size=config['server.socket_queue_size'])

@@ -34,18 +34,15 @@ class HealthCheck:
     def index(self, **_ignored):  # some balancers add a cache-busting query string
         """Readiness: 200 "Yay" when this server should get traffic, else 503 and why."""
         cherrypy.response.headers['Cache-Control'] = 'no-store'
-        reason = probes.not_ready_reason()
-        if reason:
-            cherrypy.response.status = 503
-            return f'Not ready: {reason}\n'
-        return 'Yay<br />\n'
+        cherrypy.response.status, body = probes.readiness()  # 200 "Yay<br />\n" or 503 and why
+        return body
 
     @cherrypy.expose
     def live(self):
         """Liveness: 200 whenever the process can answer; never checks dependencies,
         so that a database outage does not make Kubernetes restart every pod."""
         cherrypy.response.headers['Cache-Control'] = 'no-store'
-        return 'Alive\n'
+        return probes.ALIVE
 
 
 class Landing:

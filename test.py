@@ -190,6 +190,14 @@ class HealthCheckTest(unittest.TestCase):
         self.assertEqual(request('GET', '/healthcheck/live', port=ADMIN_PORT)[0], 200)
         self.assertEqual(request('GET', '/', port=ADMIN_PORT)[0], 404)  # no site there
 
+    def test_admin_probes_answer_head_no_store_and_405(self):
+        for path in ('/healthcheck', '/healthcheck/', '/healthcheck?t=1', '/healthcheck/live'):
+            status, headers, body = request('HEAD', path, port=ADMIN_PORT)
+            self.assertEqual((status, body, headers['Cache-Control']), (200, b'', 'no-store'), path)
+            self.assertEqual(request('GET', path, port=ADMIN_PORT)[1]['Cache-Control'], 'no-store')
+        status, headers, _ = request('POST', '/healthcheck', port=ADMIN_PORT, body=b'x')
+        self.assertEqual((status, headers['Allow']), (405, 'GET, HEAD'))
+
     def test_probes_answer_while_every_main_worker_is_busy(self):
         with concurrent.futures.ThreadPoolExecutor(THREADS * 2) as pool:
             slow = [pool.submit(request, 'GET', '/test/sleep?seconds=2', timeout=10)
