@@ -51,19 +51,19 @@ health_is() { [ "$(docker inspect --format '{{.State.Health.Status}}' "$NAME" 2>
 # copy_project DIR: the project as a fresh clone would have it (no .git, no virtual environment).
 copy_project() { mkdir -p "$1" && tar --exclude-vcs --exclude=./.venv -cf - . | tar -xf - -C "$1"; }
 
-echo "== hadolint ($HADOLINT)"
+echo "== [${SECONDS} s] hadolint ($HADOLINT)"
 python3 -m venv "$work/lint" && "$work/lint/bin/python" -m pip install --quiet "$HADOLINT" >"$work/pip.log" 2>&1 \
   || cat "$work/pip.log"
 check "hadolint reports nothing on the Dockerfile" "$work/lint/bin/hadolint" Dockerfile
 
-echo "== engine"
+echo "== [${SECONDS} s] engine"
 if ! base=$(../shared/docker/start-engine.sh | tail -n 1) || [ -z "$base" ]; then
   fail "the Docker engine starts"; echo "$passed passed, $failed failed"; exit 1
 fi
 pass "the Docker engine starts (base image $base)"
 export PYTHON_IMAGE=$base IMAGE=$NAME CONTAINER=$NAME HOST_PORT=$PORT HOST_BIND=127.0.0.1
 
-echo "== run.sh: build, test inside the image, run"
+echo "== [${SECONDS} s] run.sh: build, test inside the image, run"
 timeout "$LIMIT" ./run.sh </dev/null >"$work/run.log" 2>&1 &
 run=$!
 wait_for "$LIMIT" up_or_gone "$PORT" "$run"
@@ -83,7 +83,7 @@ cmd=$(docker exec "$NAME" cat /proc/1/cmdline 2>/dev/null | tr '\0' ' ')
 check "PID 1 is 'python run.py' itself (exec-form CMD)" [ "$cmd" = "python run.py " ]
 echo "info: image size $(docker image inspect --format '{{.Size}}' "$NAME" | awk '{printf "%.0f MB", $1 / 1e6}')"
 
-echo "== docker stop with a request in flight"
+echo "== [${SECONDS} s] docker stop with a request in flight"
 # run.sh passes its arguments as the container's command: here run.py plus a slow test-only page.
 slow_app='import time, cherrypy, run
 def slow(self, seconds="3"):
@@ -113,7 +113,7 @@ check "docker stop: container exit status 0 (in ${took} s)" \
 wait "$run2"
 check "run.sh exits 0 when its container is stopped" [ $? = 0 ]
 
-echo "== a failing test stops run.sh before the container runs"
+echo "== [${SECONDS} s] a failing test stops run.sh before the container runs"
 copy_project "$work/failing"
 python3 - "$work/failing/test.py" <<'EOF'
 import sys
@@ -131,7 +131,7 @@ check "the planted test failed inside the image" grep -q "test_planted_failure" 
 check "run.sh says the tests failed and does not start the container" eval \
   'grep -q "tests failed inside image" "$work/fail.log" && [ -z "$(docker ps -aq --filter "name=^$NAME-fail\$")" ]'
 
-echo "== no reachable engine: run.sh runs locally"
+echo "== [${SECONDS} s] no reachable engine: run.sh runs locally"
 copy_project "$work/local"
 DOCKER_HOST=unix://$work/no-engine.sock PORT=$LOCAL_PORT ADMIN_PORT=0 HOST=127.0.0.1 \
   timeout "$LIMIT" "$work/local/run.sh" </dev/null >"$work/local.log" 2>&1 &
@@ -148,5 +148,6 @@ check "the local server exits 0 on SIGTERM" [ $? = 0 ]
 if [ "$failed" != 0 ]; then
   for log in run run2 fail local; do echo "---- last lines of $log.log"; tail -25 "$work/$log.log"; done
 fi
+echo "total time: ${SECONDS} s"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
