@@ -124,12 +124,18 @@ planted = ("\n\nimport unittest\n\n\nclass PlantedFailure(unittest.TestCase):\n"
 at = source.find('\nif __name__')
 open(path, 'w').write(source + planted if at < 0 else source[:at] + planted + source[at:])
 EOF
-IMAGE=$NAME-fail CONTAINER=$NAME-fail timeout "$LIMIT" "$work/failing/run.sh" </dev/null >"$work/fail.log" 2>&1
+IMAGE=$NAME-fail CONTAINER=$NAME-fail timeout "$LIMIT" "$work/failing/run.sh" </dev/null >"$work/fail.log" 2>&1 &
+failing=$!
+# Until run.sh exits, or (wrongly) starts the container, which would otherwise run until the time limit.
+wait_for "$LIMIT" eval "! kill -0 $failing 2>/dev/null || docker container inspect $NAME-fail >/dev/null 2>&1"
+started=$(docker ps -aq --filter "name=^$NAME-fail\$")
+kill "$failing" 2>/dev/null
+wait "$failing"
 code=$?
 check "run.sh exits non-zero, not by timeout (status $code)" eval '[ "$code" != 0 ] && [ "$code" != 124 ]'
 check "the planted test failed inside the image" grep -q "test_planted_failure" "$work/fail.log"
 check "run.sh says the tests failed and does not start the container" eval \
-  'grep -q "tests failed inside image" "$work/fail.log" && [ -z "$(docker ps -aq --filter "name=^$NAME-fail\$")" ]'
+  'grep -q "tests failed inside image" "$work/fail.log" && [ -z "$started" ]'
 
 echo "== [${SECONDS} s] no reachable engine: run.sh runs locally"
 copy_project "$work/local"
