@@ -388,6 +388,30 @@ class LingerTest(unittest.TestCase):
         finally:
             conn.close()
 
+    def test_lingering_never_keeps_a_waiting_client_from_a_worker(self):
+        """Every worker busy with a keep-alive client that keeps sending: a new client is
+        still answered, because a worker only lingers while nobody waits in the queue."""
+        stop_sending = threading.Event()
+
+        def keep_sending():
+            conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+            while not stop_sending.is_set():
+                conn.request('GET', '/healthcheck')
+                conn.getresponse().read()
+            conn.close()
+
+        with mock.patch.object(production.LingeringConnection, 'LINGER', 1.0), \
+                mock.patch.object(production.LingeringConnection, 'MAX_REQUESTS', 10 ** 6), \
+                concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            senders = [pool.submit(keep_sending) for _ in range(THREADS)]
+            try:
+                time.sleep(0.3)  # every worker now holds one sending client
+                self.assertEqual(request('GET', '/', timeout=2)[0], 200)
+            finally:
+                stop_sending.set()
+            for sender in senders:
+                sender.result()
+
     def test_a_client_that_pauses_goes_back_to_the_selector(self):
         conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
         try:
@@ -488,8 +512,9 @@ class ProcessTest(unittest.TestCase):
 
     def test_missing_prod_conf_exits_2(self):
         with tempfile.TemporaryDirectory() as folder:
-            for name in ('run.py', 'settings.py', 'production.py', 'probes.py'):
-                shutil.copy(os.path.join(HERE, name), folder)
+            for name in os.listdir(HERE):  # the code, without prod.conf
+                if name.endswith('.py'):
+                    shutil.copy(os.path.join(HERE, name), folder)
             done = self.run_bad({}, cwd=folder)
         self.assertEqual(done.returncode, 2)
         self.assertIn('prod.conf', done.stderr)
