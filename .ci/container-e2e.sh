@@ -129,6 +129,7 @@ failing=$!
 # Until run.sh exits, or (wrongly) starts the container, which would otherwise run until the time limit.
 wait_for "$LIMIT" eval "! kill -0 $failing 2>/dev/null || docker container inspect $NAME-fail >/dev/null 2>&1"
 started=$(docker ps -aq --filter "name=^$NAME-fail\$")
+docker rm --force "$NAME-fail" >/dev/null 2>&1   # if it did start, this also ends run.sh's docker run
 kill "$failing" 2>/dev/null
 wait "$failing"
 code=$?
