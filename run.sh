@@ -13,10 +13,8 @@ cd "$(dirname "$0")"                          # works from any folder
 
 if ! "$ENGINE" info >/dev/null 2>&1; then     # no engine installed, not running, or not allowed
   echo "run.sh: no reachable container engine ('$ENGINE info' failed); running locally on port ${PORT:-8080}" >&2
-  if ! .venv/bin/python -c 'import cherrypy, coverage, mock' 2>/dev/null; then
-    python3 -m venv .venv                     # the pinned dependencies, kept out of the system Python
-    .venv/bin/python -m pip install --quiet -r requirements.txt
-  fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv   # the pinned dependencies, kept out of the system Python
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt  # no-op when in step
   export PATH="$PWD/.venv/bin:$PATH"          # "python" below and in testing.sh is the venv's
   ./testing.sh || { echo "run.sh: tests failed; not starting the server" >&2; exit 1; }
   if [ $# -eq 0 ]; then set -- python run.py; fi
