@@ -41,6 +41,7 @@ class Lifecycle:
         self.state = STARTING
         self.stop_requested = False  # a stop signal that came while starting
         self.admin = None            # the admin listener's ServerAdapter, if any
+        self.admin_root = None       # its root object: internal pages (dashboard.py) attach here
         self.drain_timer = None
         self.checks = {}  # name: (function, timeout)
         self._cached = (0.0, None)  # (when, reason)
@@ -151,9 +152,10 @@ def install(config, healthcheck):
     """Wire the lifecycle into CherryPy's engine, signals and an optional admin listener."""
     lifecycle.state = STARTING
     lifecycle.stop_requested = False
-    lifecycle.admin = None
+    lifecycle.admin = lifecycle.admin_root = None
     if config['ops.admin_port']:
-        lifecycle.admin = _admin_server(config, AdminRoot(healthcheck))
+        lifecycle.admin_root = AdminRoot(healthcheck)
+        lifecycle.admin = _admin_server(config, lifecycle.admin_root)
         lifecycle.admin.subscribe()
 
     handler = _on_signal(config['ops.drain_seconds'])

@@ -12,6 +12,7 @@ import os
 
 import cherrypy
 
+import dashboard
 import probes
 import production
 import settings
@@ -85,6 +86,7 @@ def configure():
     app = cherrypy.tree.mount(Landing(), '', config.app_config)
     production.install(app, config)  # error pages, access log, connection handling
     probes.install(config, Landing.healthcheck)  # SIGTERM drain, admin listener
+    dashboard.install(app, probes.lifecycle.admin_root)  # visits, /stats, /metrics, /dashboard
     return config
 
 
