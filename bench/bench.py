@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -123,7 +124,7 @@ class Server:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=5)
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
         try:  # whatever is left of the group (a stuck worker) goes now
@@ -239,11 +240,55 @@ def targets(args, results):
     return lines, missed
 
 
+def profile(args, port, logdir):
+    """py-spy samples the first chosen server while wrk drives it; prints its top functions."""
+    name, conns, path = args.servers[0], args.conns[0], args.paths[0]
+    server = Server(name, server_specs(port)[name], port, logdir)
+    raw = os.path.join(logdir, "profile.txt")
+    load = None
+    try:
+        server.wait_healthy()
+        url = "http://127.0.0.1:%d%s" % (port, server.url_path(path))
+        load = subprocess.Popen(["wrk", "-t%d" % args.threads, "-c%d" % conns, "-d%ds" % (args.duration + 2),
+                                 "--timeout", "%ds" % args.timeout, "-s", os.path.join(BENCH, "report.lua"), url],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(1)  # sample the steady state, not wrk's connection burst
+        # --subprocesses follows workers if the server forks; --gil keeps only the thread holding
+        # the GIL (the serial Python work that limits throughput), not the 100 threads waiting for it.
+        subprocess.run([os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(server.proc.pid),
+                        "--duration", str(args.duration), "--rate", "200", "--format", "raw",
+                        "--output", raw, "--subprocesses"] + ([] if args.all_threads else ["--gil"]),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = json.loads(load.communicate()[0].splitlines()[-1])
+    finally:
+        if load and load.poll() is None:
+            load.kill()
+        server.stop()
+    own, total, samples = {}, {}, 0
+    for line in open(raw):
+        stack, _, count = line.rstrip().rpartition(" ")
+        # "func (file.py:123)" -> "func (file.py)"; py-spy's "process N: cmd" root frames are dropped.
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if not f.startswith("process ")]
+        samples += int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + int(count)
+    print("py-spy on `%s`%s: %d samples in %d s while wrk -c%d drove `%s` at %.0f req/s (p99 %.0f ms)\n" % (
+        name, "" if args.all_threads else " (GIL holder only)", samples, args.duration, conns, path,
+        run["requests"] / (run["duration_us"] / 1e6), run["p99_us"] / 1e3))
+    for title, counts in (("own time (the function itself)", own), ("total time (with what it calls)", total)):
+        print("| %% samples, %s | function (file) |\n|---:|---|" % title)
+        for frame, n in sorted(counts.items(), key=lambda kv: -kv[1])[:args.top]:
+            print("| %.1f | `%s` |" % (100.0 * n / max(samples, 1), frame))
+        print()
+
+
 def machine_line():
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
-    return "%d cores (nproc), %s, Python %s, Linux %s, %s" % (
-        os.cpu_count(), model, platform.python_version(), platform.release(), wrk_version.strip())
+    return "%d cores (nproc), %s, Python %s, Linux %s, %s, load average %.2f before the run" % (
+        os.cpu_count(), model, platform.python_version(), platform.release(), wrk_version.strip(),
+        LOAD_BEFORE)
 
 
 def parse_args(argv):
@@ -251,14 +296,21 @@ def parse_args(argv):
     p.add_argument("--servers", default=",".join(server_specs(0)), help="comma-separated (default: all)")
     p.add_argument("--conns", default="10,100,1000", help="concurrent connections, comma-separated")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
-    p.add_argument("--duration", type=int, default=2, help="seconds per wrk run (default 2)")
+    p.add_argument("--duration", type=int, default=3, help="seconds per wrk run (default 3: longer than "
+                   "--timeout, so a starved connection shows up as a timeout)")
     p.add_argument("--rounds", type=int, default=3, help="rounds over all servers (default 3)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    p.add_argument("--timeout", type=int, default=2, help="wrk's per-request timeout in seconds (default 2)")
+    p.add_argument("--timeout", type=int, default=1, help="seconds after which wrk counts a response as a "
+                   "timeout (default 1: Kubernetes' default probe timeout)")
     p.add_argument("--base-port", type=int, default=18200, help="first port; each server gets its own")
     p.add_argument("--json", help="also write every raw wrk result to this file")
     p.add_argument("--smoke", action="store_true", help="seconds-long check that every server runs: "
                    "1 round, 10 connections, 1 s, no thresholds")
+    p.add_argument("--profile", action="store_true", help="py-spy the first server under load instead "
+                   "(bench/profile.sh)")
+    p.add_argument("--all-threads", action="store_true", help="with --profile: sample every thread, "
+                   "waiting ones too (default: only the GIL holder)")
+    p.add_argument("--top", type=int, default=15, help="with --profile: functions to list")
     p.add_argument("--strict", action="store_true", help="exit 1 when the template misses a target")
     p.add_argument("--verbose-targets", action="store_true", help="list met throughput targets too")
     args = p.parse_args(argv)
@@ -273,10 +325,14 @@ def parse_args(argv):
     if "template" in args.servers and not os.path.exists(os.path.join(ROOT, "run.py")):
         print("note: no run.py at the project root yet; the template row is skipped", file=sys.stderr)
         args.servers.remove("template")
+    if not args.servers:
+        p.error("no server to run")
     return args
 
 
 def main(argv):
+    global LOAD_BEFORE
+    LOAD_BEFORE = os.getloadavg()[0]  # other work on the machine makes every figure lower
     args = parse_args(argv)
     # SIGTERM and SIGHUP unwind like Ctrl-C, so the `finally` below stops the server in flight.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -285,6 +341,8 @@ def main(argv):
     logdir = tempfile.mkdtemp(prefix="bench-logs-")
     results, began = {}, time.monotonic()
     try:
+        if args.profile:
+            return profile(args, ports[args.servers[0]], logdir)
         for rnd in range(1, args.rounds + 1):
             for name in args.servers:
                 print("round %d/%d: %s" % (rnd, args.rounds, name), file=sys.stderr, flush=True)
