@@ -27,9 +27,24 @@ from content import HEALTH_BODY  # noqa: E402  (the apps folder is on the path o
 
 PATHS = ["/", "/healthcheck", "/logo.png"]
 REFERENCE, CEILING = "2017", "uvicorn-asgi"
+OPT_IN = ["template-2w"]  # run only when named in --servers
 # gunicorn's gthread worker gets as many threads as the template's pool (THREAD_POOL=100), so both
 # can hold the same number of slow requests at once: the property the template keeps its pool for.
 GTHREADS = 100
+
+
+NOTES = """\
+- req/s, p50, p99, RSS: medians over rounds; RSS is the server's whole process group after that row's load.
+- socket errors c/r/w/t: connect/read/write/timeout from the worst round; a timeout is an answer slower
+  than wrk's `--timeout` and is left out of p50/p99. non-2xx: answers ≥ 400 as wrk counts them (each
+  path is first checked to answer 200 with the right body). × 2017 and × ceiling: req/s ratios at the
+  same path and connections.
+- template: `python run.py` as shipped (HOST=127.0.0.1, ADMIN_PORT=0). 2017: `cherrypy.quickstart`,
+  `server.thread_pool` 100, all else default (access log to the screen, autoreload on); its health
+  answer is at `/healthcheck/` (the bare path answers 301). http.server: `ThreadingHTTPServer` with
+  `BaseHTTPRequestHandler` defaults (HTTP/1.0, backlog 5). flask-dev: `flask run`. gunicorn: 1 worker,
+  sync, or gthread with %d threads (the template's pool size). waitress: `waitress-serve` defaults
+  (4 threads). uvicorn-asgi: httptools + uvloop, no access log, no framework.""" % GTHREADS
 
 
 def server_specs(port):
@@ -42,6 +57,9 @@ def server_specs(port):
         # This template as shipped; the admin listener is off so only the main port is measured.
         "template": dict(cmd=[sys.executable, "run.py"], cwd=ROOT,
                          env={"PORT": str(port), "HOST": "127.0.0.1", "ADMIN_PORT": "0"}),
+        # Opt-in (not in the default list): the template with two server processes sharing the port.
+        "template-2w": dict(cmd=[sys.executable, "run.py"], cwd=ROOT,
+                            env={"PORT": str(port), "HOST": "127.0.0.1", "ADMIN_PORT": "0", "WORKERS": "2"}),
         # The 2017 blog template: its sub-handler answers 200 only at /healthcheck/ (else a 301).
         REFERENCE: dict(cmd=[sys.executable, "cherrypy_2017.py", str(port)],
                         paths={"/healthcheck": "/healthcheck/"}),
@@ -293,7 +311,9 @@ def machine_line():
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.splitlines()[0])
-    p.add_argument("--servers", default=",".join(server_specs(0)), help="comma-separated (default: all)")
+    p.add_argument("--servers", default=",".join(n for n in server_specs(0) if n not in OPT_IN),
+                   help="comma-separated, from: %s (default: all but %s)" % (
+                       ", ".join(server_specs(0)), ", ".join(OPT_IN)))
     p.add_argument("--conns", default="10,100,1000", help="concurrent connections, comma-separated")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
     p.add_argument("--duration", type=int, default=3, help="seconds per wrk run (default 3: longer than "
@@ -322,9 +342,9 @@ def parse_args(argv):
     unknown = set(args.servers) - set(server_specs(0))
     if unknown:
         p.error("unknown servers: %s" % ", ".join(sorted(unknown)))
-    if "template" in args.servers and not os.path.exists(os.path.join(ROOT, "run.py")):
-        print("note: no run.py at the project root yet; the template row is skipped", file=sys.stderr)
-        args.servers.remove("template")
+    if not os.path.exists(os.path.join(ROOT, "run.py")):
+        print("note: no run.py at the project root yet; the template rows are skipped", file=sys.stderr)
+        args.servers = [s for s in args.servers if not s.startswith("template")]
     if not args.servers:
         p.error("no server to run")
     return args
@@ -356,6 +376,7 @@ def main(argv):
           "medians over rounds, errors from the worst round.\n" % (
               elapsed, args.rounds, len(args.servers), args.threads, args.duration, args.timeout))
     print(table(args, results))
+    print("\n" + NOTES)
     lines, missed = targets(args, results)
     if lines and not args.smoke:
         print("\nTemplate against the issue's targets:\n" + "\n".join(lines))
