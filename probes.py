@@ -1,0 +1,174 @@
+"""Health probes that tell the truth in every phase, and a shutdown that loses no request.
+
+    starting -> ready -> draining (after SIGTERM) -> stopped
+
+- Readiness (/healthcheck): 200 only while ready, the main listener is serving and every
+  readiness check passes; otherwise 503 with a short reason. Load balancers and the
+  Kubernetes readinessProbe use it to send or stop sending traffic.
+- Liveness (/healthcheck/live): 200 whenever the process answers. It checks nothing else,
+  so a database outage never makes Kubernetes restart every pod.
+- SIGTERM/SIGINT: readiness turns 503 at once, the server keeps serving DRAIN_SECONDS so
+  balancers deregister it, then stops accepting, finishes requests in flight and exits 0.
+  A second signal stops at once.
+- The admin listener (ADMIN_PORT) serves the same probes from its own small thread pool,
+  so they answer even while every main worker is busy with slow requests.
+
+Register a readiness check (none by default) in run.py:
+
+    @probes.readiness_check('database', timeout=0.5)
+    def database():
+        db.ping()        # raise, or return False, when not ready
+"""
+import concurrent.futures
+import threading
+import time
+
+import cherrypy
+from cherrypy.process import servers
+
+import production
+
+STARTING, READY, DRAINING, STOPPED = 'starting', 'ready', 'draining', 'stopped'
+ADMIN_THREADS = 4       # probes take about a millisecond; 4 threads serve thousands a second
+CHECK_INTERVAL = 1.0    # run readiness checks at most once a second, however many probes come
+SELECTOR_STALL = 5.0    # seconds without a selector loop before the main listener counts as stuck
+
+
+class Lifecycle:
+    """The server's phase and its readiness checks, shared by every thread."""
+
+    def __init__(self):
+        self.state = STARTING
+        self.stop_requested = False  # a stop signal that came while starting
+        self.admin = None            # the admin listener's ServerAdapter, if any
+        self.drain_timer = None
+        self.checks = {}  # name: (function, timeout)
+        self._cached = (0.0, None)  # (when, reason)
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix='readiness')
+
+    def not_ready_reason(self):
+        """None when ready; else a short reason for the 503 body."""
+        if self.state != READY:
+            return self.state
+        listener = _main_listener_problem()
+        if listener:
+            return listener
+        with self._lock:
+            when, reason = self._cached
+            if time.monotonic() - when >= CHECK_INTERVAL:
+                reason = self._run_checks()
+                self._cached = (time.monotonic(), reason)
+        return reason
+
+    def _run_checks(self):
+        futures = {name: self._pool.submit(fn) for name, (fn, _) in self.checks.items()}
+        for name, future in futures.items():
+            try:
+                if future.result(timeout=self.checks[name][1]) is False:
+                    return f'check {name!r} failed'
+            except concurrent.futures.TimeoutError:
+                return f'check {name!r} timed out'
+            except Exception as error:  # details go to the log, not to the client
+                cherrypy.log(f'Readiness check {name!r} failed: {error!r}', 'PROBES')
+                return f'check {name!r} failed'
+        return None
+
+
+lifecycle = Lifecycle()
+
+
+def not_ready_reason():
+    return lifecycle.not_ready_reason()
+
+
+def readiness_check(name, timeout=1.0):
+    """Decorator: register a readiness check that must finish within `timeout` seconds."""
+    def register(fn):
+        lifecycle.checks[name] = (fn, timeout)
+        return fn
+    return register
+
+
+def _main_listener_problem():
+    """The admin listener can look healthy while the main one is stuck: look at the main one."""
+    server = cherrypy.server.httpserver
+    if server is None or not server.ready:
+        return 'main listener not serving'
+    last_loop = getattr(server, 'last_loop', None)
+    if last_loop is not None and time.monotonic() - last_loop > SELECTOR_STALL:
+        return 'main listener stuck'
+    return None
+
+
+class AdminRoot:
+    """The admin listener's site: probes here; internal pages can be added."""
+
+    def __init__(self, healthcheck):
+        self.healthcheck = healthcheck
+
+
+def _admin_server(config, root):
+    app = cherrypy.Application(root)
+    production.configure_app(app, config)  # same headers, error pages and log as the main site
+    address = (config['server.socket_host'], config['ops.admin_port'])
+    server = production.AdminServer(address, app, numthreads=ADMIN_THREADS,
+                                    request_queue_size=config['server.socket_queue_size'])
+    server.tune(config['ops.keep_alive_timeout'], config['ops.keep_alive_limit'])
+    return servers.ServerAdapter(cherrypy.engine, server, address)
+
+
+def _on_signal(drain_seconds):
+    def handler():
+        if lifecycle.state == DRAINING:  # a second Ctrl-C or SIGTERM: do not wait
+            cherrypy.log('Second stop signal: stopping now', 'PROBES')
+            lifecycle.drain_timer.cancel()
+            cherrypy.engine.exit()
+        if lifecycle.state == STARTING:  # stopping half-started would exit 70: finish first
+            lifecycle.stop_requested = True
+            return
+        if lifecycle.state != READY:
+            return
+        lifecycle.state = DRAINING
+        for server in _listeners():
+            server.draining = True  # answers now say "Connection: close"
+        cherrypy.log(f'Stop requested: readiness 503, serving {drain_seconds} s more', 'PROBES')
+        lifecycle.drain_timer = threading.Timer(drain_seconds, cherrypy.engine.exit)
+        lifecycle.drain_timer.start()
+    return handler
+
+
+def _listeners():
+    admin = getattr(lifecycle, 'admin', None)
+    found = [cherrypy.server.httpserver, admin and admin.httpserver]
+    return [server for server in found if server is not None]
+
+
+def install(config, healthcheck):
+    """Wire the lifecycle into CherryPy's engine, signals and an optional admin listener."""
+    lifecycle.state = STARTING
+    lifecycle.stop_requested = False
+    lifecycle.admin = None
+    if config['ops.admin_port']:
+        lifecycle.admin = _admin_server(config, AdminRoot(healthcheck))
+        lifecycle.admin.subscribe()
+
+    handler = _on_signal(config['ops.drain_seconds'])
+
+    def ready():
+        lifecycle.state = READY
+        if lifecycle.stop_requested:
+            handler()
+
+    def stopped():
+        lifecycle.state = STOPPED
+
+    # Ready only once every listener is up (servers start at priority 75); 503 from the
+    # moment the engine starts stopping (servers stop at priority 50).
+    cherrypy.engine.subscribe('start', ready, priority=90)
+    cherrypy.engine.subscribe('stop', stopped, priority=10)
+
+    handlers = cherrypy.engine.signal_handler.handlers
+    handlers['SIGTERM'] = handlers['SIGINT'] = handler
+    return lifecycle
+

@@ -1,0 +1,135 @@
+"""Settings, twelve-factor style: CherryPy's defaults < prod.conf < environment variables.
+
+Every variable is checked before anything binds. A bad value prints one line that names
+the variable and says what is wrong, then exits with status 2, e.g.
+
+    PORT='abc': must be a whole number from 1 to 65535
+
+To add a setting: put its default in prod.conf, then add a line to VARIABLES below.
+"""
+import os
+import sys
+
+import cherrypy
+from cherrypy.lib import reprconf
+
+# Our own settings live in prod.conf under "ops."; tell CherryPy the namespace is known.
+cherrypy.config.namespaces['ops'] = lambda key, value: None
+
+STATIC_SECTIONS = ('/logo.png', '/static')
+
+
+class SettingError(ValueError):
+    """A setting that cannot be used; its message is the one line the user sees."""
+
+
+def _number(low, high):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise SettingError(f'must be a whole number from {low} to {high}')
+        return value
+    return parse
+
+
+def _switch(text):
+    value = text.strip().lower()
+    if value in ('1', 'true', 'yes', 'on'):
+        return True
+    if value in ('0', 'false', 'no', 'off', ''):
+        return False
+    raise SettingError('must be 1/0, true/false, yes/no or on/off')
+
+
+def _host(text):
+    if not text.strip() or any(c.isspace() for c in text):
+        raise SettingError('must be an address or host name such as 0.0.0.0 or 127.0.0.1')
+    return text.strip()
+
+
+def _development(on):
+    # CherryPy's own defaults are its development mode: autoreload, tracebacks in responses.
+    return {'environment': None, 'engine.autoreload.on': True, 'checker.on': True,
+            'request.show_tracebacks': True, 'request.show_mismatched_params': True} if on else {}
+
+
+# variable: (where it goes in the config, how to read it)
+VARIABLES = {
+    'HOST': ('server.socket_host', _host),
+    'PORT': ('server.socket_port', _number(1, 65535)),
+    'THREAD_POOL': ('server.thread_pool', _number(1, 1000)),
+    'SHUTDOWN_TIMEOUT': ('server.shutdown_timeout', _number(0, 3600)),
+    'KEEP_ALIVE_TIMEOUT': ('ops.keep_alive_timeout', _number(1, 3600)),
+    'KEEP_ALIVE_LIMIT': ('ops.keep_alive_limit', _number(0, 100000)),
+    'LOG_HEALTH_CHECKS': ('ops.log_health_checks', _switch),
+    'ADMIN_PORT': ('ops.admin_port', _number(0, 65535)),
+    'DRAIN_SECONDS': ('ops.drain_seconds', _number(0, 3600)),
+    'TRUST_PROXY': ('ops.trust_proxy', _switch),
+    'STATIC_MAX_AGE': (STATIC_SECTIONS, _number(0, 31536000)),  # tools.cache_control.max_age
+    'DEV': (None, _switch),
+}
+
+
+class Settings:
+    """The resolved settings: the global config after overrides, plus the app's config."""
+
+    def __init__(self, app_config, dev):
+        self.app_config = app_config
+        self.dev = dev
+
+    def __getitem__(self, key):
+        return cherrypy.config[key]
+
+    def summary(self):
+        host, port = self['server.socket_host'], self['server.socket_port']
+        admin = self['ops.admin_port'] or 'off'
+        return (f'Serving on http://{host}:{port} with {self["server.thread_pool"]} threads '
+                f'(environment: {"development" if self.dev else "production"}, admin port: {admin})')
+
+
+def read_environment(environ):
+    """Return {variable: parsed value} for the variables that are set; SettingError if bad."""
+    values = {}
+    for name, (_, parse) in VARIABLES.items():
+        if name in environ:
+            try:
+                values[name] = parse(environ[name])
+            except SettingError as error:
+                raise SettingError(f'{name}={environ[name]!r}: {error}') from None
+    return values
+
+
+def load(conf_path, root_dir, environ=os.environ):
+    """Read prod.conf and the environment into CherryPy's config; exit 2 on a bad setting."""
+    try:
+        if not os.path.isfile(conf_path):
+            raise SettingError(f'config file {conf_path!r} not found')
+        try:
+            file_config = reprconf.Parser().dict_from_file(conf_path)
+        except Exception as error:  # a typo in prod.conf: name the file and the problem
+            raise SettingError(f'{os.path.basename(conf_path)}: {error}') from None
+        values = read_environment(environ)
+    except SettingError as error:
+        print(f'Bad setting: {error}', file=sys.stderr)
+        raise SystemExit(2)
+
+    global_config = dict(file_config.pop('global', {}))
+    app_config = file_config
+    for name, value in values.items():
+        key = VARIABLES[name][0]
+        if isinstance(key, tuple):
+            for section in key:
+                app_config.setdefault(section, {})['tools.cache_control.max_age'] = value
+        elif key:
+            global_config[key] = value
+    dev = values.get('DEV', False)
+    global_config.update(_development(dev))
+
+    # Relative static paths resolve from the project folder, whatever the working directory.
+    app_config.setdefault('/', {}).update({
+        'tools.staticdir.root': root_dir, 'tools.staticfile.root': root_dir})
+    cherrypy.config.update(global_config)
+    return Settings(app_config, dev)

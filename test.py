@@ -1,0 +1,656 @@
+"""Tests for the template: a real server on free loopback ports, spoken to over real HTTP.
+
+    ./testing.sh            # under coverage, with the report
+    python test.py -v       # plain
+
+Most tests share one server started in this process (setUpModule). Tests of start-up,
+bad settings and signals run `python run.py` as a subprocess, as a user would.
+"""
+import concurrent.futures
+import gzip
+import http.client
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import cherrypy
+import mock
+
+import probes
+import production
+import run
+import settings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+THREADS = 8  # small, so that "every worker busy" is cheap to arrange
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+PORT, ADMIN_PORT = free_port(), free_port()
+
+
+class Slow:
+    """Test-only handlers mounted on the shared server."""
+
+    @cherrypy.expose
+    def sleep(self, seconds='1'):
+        time.sleep(float(seconds))
+        return 'slept\n'
+
+    @cherrypy.expose
+    def thread(self):
+        return threading.current_thread().name
+
+    @cherrypy.expose
+    def boom(self):
+        raise RuntimeError('secret detail /etc/app/config.py')
+
+
+def setUpModule():
+    env = {'HOST': '127.0.0.1', 'PORT': str(PORT), 'ADMIN_PORT': str(ADMIN_PORT),
+           'THREAD_POOL': str(THREADS)}
+    with mock.patch.dict(os.environ, env):
+        run.configure()
+    cherrypy.tree.apps[''].root.test = Slow()
+    cherrypy.config.update({'log.screen': False})  # keep the test output readable
+    cherrypy.engine.start()
+    cherrypy.engine.wait(cherrypy.engine.states.STARTED)
+
+
+def tearDownModule():
+    cherrypy.engine.exit()
+
+
+def request(method, path, port=PORT, headers=None, body=None, timeout=5):
+    """One request on a new connection; returns (status, headers, body)."""
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+def raw(data, port=PORT, timeout=5):
+    """Send bytes as they are (no client-side URL clean-up); returns the raw answer."""
+    with socket.create_connection(('127.0.0.1', port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b'\r\n\r\n' in b''.join(chunks) and b'Connection: close' not in b''.join(chunks):
+                break
+        return b''.join(chunks)
+
+
+class CaptureLog(logging.Handler):
+    """Collects the lines written to one of CherryPy's loggers while a test runs."""
+
+    def __init__(self, logger_name):
+        super().__init__()
+        self.lines = []
+        self.logger = logging.getLogger(logger_name)
+
+    def emit(self, record):
+        self.lines.append(self.format(record))  # with the traceback, if any
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+
+
+class LandingPageTest(unittest.TestCase):
+
+    def test_landing_page_is_a_small_html5_page_with_logo_and_styles(self):
+        status, headers, body = request('GET', '/')
+        self.assertEqual(status, 200)
+        self.assertTrue(headers['Content-Type'].startswith('text/html'))
+        page = body.decode()
+        self.assertTrue(page.startswith('<!DOCTYPE html>'))
+        self.assertIn('<title>', page)
+        self.assertIn('src="/logo.png"', page)
+        self.assertIn('href="/static/style.css"', page)
+
+    def test_index_answers_like_root(self):
+        self.assertEqual(request('GET', '/index')[2], request('GET', '/')[2])
+
+    def test_request_data_is_escaped_in_the_page(self):
+        body = request('GET', '/', headers={'User-Agent': '<script>alert(1)</script>'})[2]
+        self.assertNotIn(b'<script>', body)
+        self.assertIn(b'&lt;script&gt;', body)
+
+    def test_head_has_headers_and_no_body(self):
+        status, headers, body = request('HEAD', '/')
+        self.assertEqual((status, body), (200, b''))
+        self.assertTrue(headers['Content-Type'].startswith('text/html'))
+
+    def test_html_carries_hardening_headers(self):
+        headers = request('GET', '/')[1]
+        self.assertEqual(headers['X-Content-Type-Options'], 'nosniff')
+        self.assertEqual(headers['X-Frame-Options'], 'DENY')
+        self.assertIn("frame-ancestors 'none'", headers['Content-Security-Policy'])
+        self.assertTrue(headers['Referrer-Policy'])
+
+    def test_server_header_has_no_version(self):
+        server = request('GET', '/')[1]['Server']
+        self.assertNotIn(cherrypy.__version__, server)
+        self.assertFalse(any(ch.isdigit() for ch in server), server)
+
+    def test_other_methods_get_405_with_allow(self):
+        for path in ('/', '/healthcheck', '/static/style.css'):
+            for method in ('POST', 'PUT', 'DELETE', 'PATCH'):
+                status, headers, _ = request(method, path, body=b'x')
+                self.assertEqual(status, 405, (method, path))
+                self.assertEqual(headers['Allow'], 'GET, HEAD')
+
+
+class HealthCheckTest(unittest.TestCase):
+
+    def test_healthcheck_says_yay_and_is_never_cached(self):
+        for path in ('/healthcheck', '/healthcheck/'):
+            status, headers, body = request('GET', path)
+            self.assertEqual((status, body), (200, b'Yay<br />\n'), path)
+            self.assertEqual(headers['Cache-Control'], 'no-store')
+
+    def test_healthcheck_answers_head(self):
+        status, headers, body = request('HEAD', '/healthcheck')
+        self.assertEqual((status, body, headers['Cache-Control']), (200, b'', 'no-store'))
+
+    def test_liveness(self):
+        status, headers, _ = request('GET', '/healthcheck/live')
+        self.assertEqual((status, headers['Cache-Control']), (200, 'no-store'))
+
+    def test_admin_listener_answers_the_same_probes(self):
+        self.assertEqual(request('GET', '/healthcheck', port=ADMIN_PORT)[2], b'Yay<br />\n')
+        self.assertEqual(request('GET', '/healthcheck/live', port=ADMIN_PORT)[0], 200)
+        self.assertEqual(request('GET', '/', port=ADMIN_PORT)[0], 404)  # no site there
+
+    def test_probes_answer_while_every_main_worker_is_busy(self):
+        with concurrent.futures.ThreadPoolExecutor(THREADS * 2) as pool:
+            slow = [pool.submit(request, 'GET', '/test/sleep?seconds=2', timeout=10)
+                    for _ in range(THREADS * 2)]
+            time.sleep(0.5)  # every main worker is now sleeping
+            started = time.monotonic()
+            status, _, body = request('GET', '/healthcheck', port=ADMIN_PORT, timeout=1)
+            elapsed = time.monotonic() - started
+            self.assertEqual((status, body), (200, b'Yay<br />\n'))
+            self.assertLess(elapsed, 1.0)  # Kubernetes' default probe timeout
+            self.assertTrue(all(f.result()[0] == 200 for f in slow))
+
+    def test_fresh_requests_answered_with_500_idle_connections_open(self):
+        idle = [socket.create_connection(('127.0.0.1', PORT)) for _ in range(500)]
+        try:
+            time.sleep(0.2)
+            # cheroot alone hands each idle connection to a worker until socket_timeout
+            # (10 s), so with 8 workers a fresh request waited 10 s or more.
+            for path in ('/healthcheck', '/'):
+                self.assertEqual(request('GET', path, timeout=3)[0], 200, path)
+        finally:
+            for s in idle:
+                s.close()
+
+
+class ErrorPageTest(unittest.TestCase):
+
+    def assertBare(self, body):
+        for leak in (b'Traceback', b'.py', cherrypy.__version__.encode(), b'CherryPy 1'):
+            self.assertNotIn(leak, body)
+
+    def test_404_is_short_and_bare(self):
+        status, headers, body = request('GET', '/no/such/page')
+        self.assertEqual(status, 404)
+        self.assertIn(b'404 Not Found', body)
+        self.assertBare(body)
+
+    def test_exception_gives_plain_500_and_logs_the_traceback(self):
+        with CaptureLog('cherrypy.error') as log:
+            status, _, body = request('GET', '/test/boom')
+        self.assertEqual(status, 500)
+        self.assertBare(body)
+        self.assertNotIn(b'secret detail', body)
+        self.assertTrue(any('secret detail' in line for line in log.lines), log.lines)
+
+    def test_server_keeps_serving_after_an_error(self):
+        request('GET', '/test/boom')
+        self.assertEqual(request('GET', '/healthcheck')[0], 200)
+
+    def test_oversized_body_gets_413(self):
+        # The server answers before reading the body, as soon as it sees Content-Length.
+        answer = raw(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n' + b'x' * 1000)
+        self.assertTrue(answer.startswith(b'HTTP/1.1 413 '), answer[:40])
+        self.assertBare(answer)
+        self.assertEqual(request('GET', '/')[0], 200)
+
+    def test_oversized_headers_get_an_error_not_a_crash(self):
+        answer = raw(b'GET / HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'a' * 20000 + b'\r\n\r\n')
+        self.assertRegex(answer, rb'^HTTP/1.1 (400|413|431) ')
+        self.assertNotIn(cherrypy.__version__.encode(), answer)
+        self.assertEqual(request('GET', '/')[0], 200)
+
+    def test_garbage_request_line_gets_400(self):
+        answer = raw(b'\x16\x03\x01 nonsense\r\n\r\n')
+        self.assertTrue(answer.startswith(b'HTTP/1.1 400'), answer[:40])
+        self.assertEqual(request('GET', '/')[0], 200)
+
+
+class StaticFilesTest(unittest.TestCase):
+
+    def test_logo_is_a_png(self):
+        status, headers, body = request('GET', '/logo.png')
+        self.assertEqual((status, headers['Content-Type']), (200, 'image/png'))
+        self.assertTrue(body.startswith(b'\x89PNG\r\n\x1a\n'))
+        with open(os.path.join(HERE, 'static', 'logo.png'), 'rb') as f:
+            self.assertEqual(body, f.read())
+
+    def test_static_files_are_cacheable_and_revalidate_with_304(self):
+        for path in ('/logo.png', '/static/style.css'):
+            status, headers, _ = request('GET', path)
+            self.assertEqual(status, 200)
+            self.assertEqual(headers['Cache-Control'], 'public, max-age=3600')
+            since = headers['Last-Modified']
+            status, headers, body = request('GET', path, headers={'If-Modified-Since': since})
+            self.assertEqual((status, body), (304, b''), path)
+
+    def test_text_assets_are_gzipped_when_accepted(self):
+        status, headers, body = request('GET', '/static/style.css',
+                                        headers={'Accept-Encoding': 'gzip'})
+        self.assertEqual((status, headers['Content-Encoding']), (200, 'gzip'))
+        with open(os.path.join(HERE, 'static', 'style.css'), 'rb') as f:
+            self.assertEqual(gzip.decompress(body), f.read())
+        self.assertIsNone(request('GET', '/static/style.css')[1]['Content-Encoding'])
+        png = request('GET', '/logo.png', headers={'Accept-Encoding': 'gzip'})[1]
+        self.assertIsNone(png['Content-Encoding'])  # already compressed
+
+    def test_path_traversal_never_leaves_static(self):
+        attempts = ['/static/../run.py', '/static/%2e%2e/run.py', '/static/..%2frun.py',
+                    '/static/%2e%2e%2frun.py', '/static/..%5crun.py', '/static//etc/passwd',
+                    '/static/%2fetc%2fpasswd', '/static/....//run.py', '/static/%252e%252e/run.py',
+                    '/static/./../prod.conf', '/logo.png/../run.py', '/static/%00../run.py']
+        for path in attempts:
+            answer = raw(f'GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'.encode())
+            status = int(answer.split(b' ', 2)[1])
+            for secret in (b'def main', b'root:', b'[global]'):
+                self.assertNotIn(secret, answer, path)
+            if path.startswith('/logo.png'):  # everything under /logo.png is the logo
+                self.assertIn(b'\x89PNG', answer)
+            else:
+                self.assertIn(status, (400, 403, 404), path)
+
+
+class AccessLogTest(unittest.TestCase):
+
+    def test_one_line_per_request_but_not_for_probes(self):
+        with CaptureLog('cherrypy.access') as log:
+            request('GET', '/', headers={'User-Agent': 'tester "quoted"'})
+            request('GET', '/healthcheck')
+            request('GET', '/healthcheck/live')
+        self.assertEqual(len(log.lines), 1, log.lines)
+        self.assertRegex(log.lines[0], r'^127\.0\.0\.1 - - \[.+\] "GET / HTTP/1.1" 200 \d+ "" '
+                                       r'"tester \\"quoted\\""$')
+
+    def test_probe_logging_can_be_turned_on(self):
+        app = cherrypy.tree.apps['']
+        with mock.patch.object(app.log, 'log_health_checks', True), \
+                CaptureLog('cherrypy.access') as log:
+            request('GET', '/healthcheck')
+        self.assertEqual(len(log.lines), 1)
+
+    def test_trust_proxy_takes_the_address_the_balancer_appended(self):
+        spoofed = {'X-Forwarded-For': '6.6.6.6, 10.1.2.3', 'X-Forwarded-Proto': 'https'}
+        with CaptureLog('cherrypy.access') as log:
+            request('GET', '/', headers=spoofed)  # TRUST_PROXY off: headers ignored
+            config = cherrypy.tree.apps[''].config['/']
+            with mock.patch.dict(config, {'tools.trusted_proxy.on': True}):
+                request('GET', '/', headers=spoofed)
+                request('GET', '/', headers={'X-Forwarded-For': '10.9.9.9'})
+        self.assertTrue(log.lines[0].startswith('127.0.0.1 '), log.lines)
+        self.assertTrue(log.lines[1].startswith('10.1.2.3 '), log.lines)
+        self.assertTrue(log.lines[2].startswith('10.9.9.9 '), log.lines)
+        self.assertNotIn('6.6.6.6', ''.join(log.lines))
+
+
+class KeepAliveTest(unittest.TestCase):
+
+    def test_more_than_ten_clients_keep_their_connections(self):
+        conns = [http.client.HTTPConnection('127.0.0.1', PORT, timeout=5) for _ in range(30)]
+        try:
+            for conn in conns:
+                conn.request('GET', '/healthcheck')
+                response = conn.getresponse()
+                response.read()
+                self.assertNotEqual(response.headers['Connection'], 'close')
+            for conn in conns:  # the same sockets answer again
+                sock = conn.sock
+                conn.request('GET', '/healthcheck')
+                self.assertEqual(conn.getresponse().read(), b'Yay<br />\n')
+                self.assertIs(conn.sock, sock)
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+class ShutdownTest(unittest.TestCase):
+
+    def test_requests_queued_before_the_stop_are_answered(self):
+        """Connections the kernel accepted, and requests parked in the selector, when the
+        stop comes: cheroot alone would close them unanswered."""
+        def app(environ, start_response):
+            start_response('200 OK', [('Content-Type', 'text/plain')])
+            return [b'answered']
+
+        server = production.AdminServer(('127.0.0.1', 0), app, numthreads=2, request_queue_size=64)
+        server.tune(keep_alive_timeout=60, keep_alive_limit=100)
+        server.prepare()  # listening, but its selector loop is not running yet
+        port = server.bind_addr[1]
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            calls = [pool.submit(request, 'GET', '/', port=port) for _ in range(10)]
+            time.sleep(0.3)  # all ten sent and waiting in the kernel's queue
+            server.stop()
+            results = [f.result() for f in calls]
+        self.assertEqual([(s, b) for s, _, b in results], [(200, b'answered')] * 10)
+
+
+class LingerTest(unittest.TestCase):
+
+    def test_a_keep_alive_client_keeps_its_worker(self):
+        """The next request on a kept-alive connection is served by the same worker: no trip
+        through the selector thread and the queue (cheroot alone rotates through workers)."""
+        conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+        try:
+            names = set()
+            for _ in range(10):
+                conn.request('GET', '/test/thread')
+                names.add(conn.getresponse().read())
+            self.assertEqual(len(names), 1, names)
+        finally:
+            conn.close()
+
+    def test_a_client_that_pauses_goes_back_to_the_selector(self):
+        conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+        try:
+            conn.request('GET', '/healthcheck')
+            conn.getresponse().read()
+            time.sleep(0.1)  # longer than the linger: the worker has moved on
+            conn.request('GET', '/healthcheck')
+            self.assertEqual(conn.getresponse().read(), b'Yay<br />\n')
+        finally:
+            conn.close()
+
+
+class SettingsTest(unittest.TestCase):
+
+    def test_bad_values_name_the_variable(self):
+        cases = {'PORT': ['abc', '70000', '0', '-1', '8080.5'], 'THREAD_POOL': ['0', 'many'],
+                 'DEV': ['maybe'], 'HOST': ['', 'a b'], 'DRAIN_SECONDS': ['-3'],
+                 'STATIC_MAX_AGE': ['forever'], 'TRUST_PROXY': ['2']}
+        for name, values in cases.items():
+            for value in values:
+                with self.assertRaises(settings.SettingError) as caught:
+                    settings.read_environment({name: value})
+                self.assertTrue(str(caught.exception).startswith(f'{name}={value!r}: '))
+
+    def test_good_values_are_parsed(self):
+        values = settings.read_environment({'PORT': '9000', 'DEV': 'yes', 'TRUST_PROXY': 'off',
+                                            'HOST': '127.0.0.1', 'UNRELATED': 'x'})
+        self.assertEqual(values, {'PORT': 9000, 'DEV': True, 'TRUST_PROXY': False,
+                                  'HOST': '127.0.0.1'})
+
+    def test_a_missing_or_broken_config_file_exits_2(self):
+        with tempfile.TemporaryDirectory() as folder:
+            broken = os.path.join(folder, 'prod.conf')
+            with open(broken, 'w') as f:
+                f.write('[global]\nserver.socket_port: eighty\n')
+            for path in (os.path.join(folder, 'missing.conf'), broken):
+                with mock.patch('sys.stderr') as stderr, self.assertRaises(SystemExit) as caught:
+                    settings.load(path, folder, environ={})
+                self.assertEqual(caught.exception.code, 2)
+                printed = ''.join(c.args[0] for c in stderr.write.call_args_list)
+                self.assertTrue(printed.startswith('Bad setting: '), printed)
+                self.assertEqual(printed.count('\n'), 1)
+
+
+def start_server(extra_env=None, code=None, cwd=HERE):
+    """Start `python run.py` (or `python -c code`) on free ports; wait until it answers."""
+    port, admin = free_port(), free_port()
+    env = dict(os.environ, HOST='127.0.0.1', PORT=str(port), ADMIN_PORT=str(admin),
+               **(extra_env or {}))
+    args = [sys.executable, '-c', code] if code else [sys.executable, os.path.join(cwd, 'run.py')]
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:  # ready: every listener up and the engine started
+            if request('GET', '/healthcheck', port=admin, timeout=1)[0] == 200:
+                return proc, port, admin
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError('server did not start: ' + proc.communicate()[1][-2000:])
+
+
+def stop(proc, timeout=20):
+    """Wait for a server subprocess to exit; kill it if it does not, so no test leaks one."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+# A server with a slow handler, as a user would add one; for the signal tests.
+SLOW_SERVER = """
+import time, cherrypy, run
+run.Landing.slow = cherrypy.expose(lambda self, s='1': time.sleep(float(s)) or 'done')
+run.main()
+"""
+
+
+class ProcessTest(unittest.TestCase):
+    """`python run.py` as a user runs it."""
+
+    def run_bad(self, env, cwd=HERE):
+        full = dict(os.environ, HOST='127.0.0.1', PORT=str(free_port()), ADMIN_PORT='0')
+        full.update(env)
+        return subprocess.run([sys.executable, os.path.join(cwd, 'run.py')], env=full, cwd=cwd,
+                              capture_output=True, text=True, timeout=20)
+
+    def test_bad_settings_print_one_line_and_exit_2(self):
+        for env, name in (({'PORT': 'abc'}, 'PORT'), ({'PORT': '70000'}, 'PORT'),
+                          ({'THREAD_POOL': '0'}, 'THREAD_POOL'), ({'DEV': 'perhaps'}, 'DEV')):
+            done = self.run_bad(env)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertEqual(done.stderr.count('\n'), 1, done.stderr)
+            self.assertIn(name, done.stderr)
+            self.assertNotIn('Traceback', done.stderr)
+
+    def test_missing_prod_conf_exits_2(self):
+        with tempfile.TemporaryDirectory() as folder:
+            for name in ('run.py', 'settings.py', 'production.py', 'probes.py'):
+                shutil.copy(os.path.join(HERE, name), folder)
+            done = self.run_bad({}, cwd=folder)
+        self.assertEqual(done.returncode, 2)
+        self.assertIn('prod.conf', done.stderr)
+        self.assertEqual(done.stderr.count('\n'), 1, done.stderr)
+
+    def test_port_in_use_says_so_and_exits(self):
+        with socket.create_server(('127.0.0.1', 0)) as taken:
+            port = taken.getsockname()[1]
+            started = time.monotonic()
+            done = self.run_bad({'PORT': str(port)})
+        self.assertEqual(done.returncode, 1)
+        self.assertIn(f'PORT={port}', done.stderr)
+        self.assertEqual(done.stderr.count('\n'), 1, done.stderr)
+        self.assertLess(time.monotonic() - started, 10)
+
+    def test_start_up_line_and_sigterm_exits_0(self):
+        proc, port, _ = start_server()
+        try:
+            self.assertEqual(request('GET', '/', port=port)[0], 200)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=15)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn(f'Serving on http://127.0.0.1:{port} with 100 threads '
+                      f'(environment: production', out)
+
+    def test_works_from_another_working_directory(self):
+        with tempfile.TemporaryDirectory() as elsewhere:
+            code = f'import sys; sys.path.insert(0, {HERE!r}); import run; run.main()'
+            proc, port, _ = start_server(code=code, cwd=elsewhere)
+            try:
+                self.assertEqual(request('GET', '/logo.png', port=port)[0], 200)
+                self.assertEqual(request('GET', '/static/style.css', port=port)[0], 200)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=15)
+
+    def test_dev_mode_shows_tracebacks_and_reloads_production_does_not(self):
+        code = ('import run, cherrypy; run.configure(); '
+                'print(cherrypy.config["engine.autoreload.on"], '
+                'cherrypy.config["request.show_tracebacks"])')
+        for dev, expected in (('1', 'True True'), ('0', 'False False')):
+            done = subprocess.run([sys.executable, '-c', code], cwd=HERE, capture_output=True,
+                                  text=True, env=dict(os.environ, DEV=dev), timeout=20)
+            self.assertEqual(done.stdout.strip(), expected, done.stderr)
+
+    def test_sigterm_finishes_requests_in_flight(self):
+        proc, port, _ = start_server(code=SLOW_SERVER)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(20) as pool:
+                calls = [pool.submit(request, 'GET', '/slow?s=1', port=port, timeout=10)
+                         for _ in range(20)]
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+                results = [f.result() for f in calls]
+        finally:
+            out, err = stop(proc)
+        self.assertEqual([r[0] for r in results], [200] * 20)
+        self.assertTrue(all(r[2] == b'done' for r in results))
+        self.assertEqual(proc.returncode, 0, err)
+
+    def test_drain_keeps_serving_with_readiness_503_then_exits_0(self):
+        proc, port, admin = start_server({'DRAIN_SECONDS': '2'})
+        try:
+            self.assertEqual(request('GET', '/healthcheck', port=admin)[0], 200)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            for probe_port in (port, admin):
+                status, headers, body = request('GET', '/healthcheck', port=probe_port)
+                self.assertEqual((status, body), (503, b'Not ready: draining\n'))
+                self.assertEqual(headers['Cache-Control'], 'no-store')
+            status, headers, _ = request('GET', '/', port=port)
+            self.assertEqual(status, 200)  # still serving while balancers deregister us
+            self.assertEqual(headers['Connection'], 'close')  # clients move elsewhere
+            self.assertEqual(request('GET', '/healthcheck/live', port=admin)[0], 200)
+            self.assertIsNone(proc.poll())
+        finally:
+            out, err = stop(proc)
+        self.assertEqual(proc.returncode, 0, err)
+
+
+class LifecycleTest(unittest.TestCase):
+    """State transitions and readiness checks, on a fresh Lifecycle."""
+
+    def setUp(self):
+        self.lifecycle = probes.Lifecycle()
+        patcher = mock.patch.object(probes, 'lifecycle', self.lifecycle)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_starting_ready_draining_stopped(self):
+        self.assertEqual(probes.not_ready_reason(), 'starting')
+        self.lifecycle.state = probes.READY
+        self.assertIsNone(probes.not_ready_reason())
+        handler = probes._on_signal(drain_seconds=30)
+        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
+            handler()
+            self.assertEqual(probes.not_ready_reason(), 'draining')
+            engine_exit.assert_not_called()  # still serving for the drain period
+            handler()  # a second signal does not wait
+            engine_exit.assert_called_once()
+        self.lifecycle.state = probes.STOPPED
+        self.assertEqual(probes.not_ready_reason(), 'stopped')
+
+    def test_a_stop_signal_while_starting_waits_for_the_start(self):
+        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
+            probes._on_signal(drain_seconds=0)()
+        engine_exit.assert_not_called()  # exiting half-started would exit 70
+        self.assertTrue(self.lifecycle.stop_requested)
+        self.assertEqual(self.lifecycle.state, probes.STARTING)
+
+    def test_zero_drain_stops_at_once(self):
+        self.lifecycle.state = probes.READY
+        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
+            probes._on_signal(drain_seconds=0)()
+            self.lifecycle.drain_timer.join(2)
+            engine_exit.assert_called_once()
+
+    def test_a_failing_check_makes_readiness_503_without_details(self):
+        self.lifecycle.state = probes.READY
+
+        @probes.readiness_check('database', timeout=0.5)
+        def database():
+            raise ConnectionError('password=hunter2 host=db.internal')
+
+        self.assertEqual(probes.not_ready_reason(), "check 'database' failed")
+
+    def test_a_check_returning_false_fails(self):
+        self.lifecycle.state = probes.READY
+        probes.readiness_check('cache')(lambda: False)
+        self.assertEqual(probes.not_ready_reason(), "check 'cache' failed")
+
+    def test_a_slow_check_times_out(self):
+        self.lifecycle.state = probes.READY
+        probes.readiness_check('slow', timeout=0.1)(lambda: time.sleep(1))
+        started = time.monotonic()
+        self.assertEqual(probes.not_ready_reason(), "check 'slow' timed out")
+        self.assertLess(time.monotonic() - started, 0.9)
+
+    def test_checks_run_at_most_once_a_second(self):
+        self.lifecycle.state = probes.READY
+        calls = []
+        probes.readiness_check('counted')(lambda: calls.append(1))
+        for _ in range(50):
+            self.assertIsNone(probes.not_ready_reason())
+        self.assertEqual(len(calls), 1)
+
+    def test_a_stopped_main_listener_is_not_ready(self):
+        self.lifecycle.state = probes.READY
+        with mock.patch.object(cherrypy.server.httpserver, 'ready', False):
+            self.assertEqual(probes.not_ready_reason(), 'main listener not serving')
+        with mock.patch.object(cherrypy.server.httpserver, 'last_loop', time.monotonic() - 60):
+            self.assertEqual(probes.not_ready_reason(), 'main listener stuck')
+
+    def test_readiness_endpoint_reports_a_failing_check(self):
+        with mock.patch.object(probes.lifecycle, 'state', probes.READY):
+            probes.readiness_check('queue')(lambda: False)
+            status, headers, body = request('GET', '/healthcheck', port=ADMIN_PORT)
+        self.assertEqual((status, body), (503, b"Not ready: check 'queue' failed\n"))
+
+
+if __name__ == '__main__':
+    result = unittest.main(exit=False).result
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    passed = result.testsRun - failed - len(result.skipped)
+    print(f'{passed} passed, {failed} failed, {len(result.skipped)} skipped')
+    sys.exit(1 if failed or not result.testsRun else 0)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Run test.py under coverage and print the report.
+# Exits non-zero if a test fails or if coverage of run.py falls under 90%.
+# Works in the container image (dependencies installed there) and on a fresh machine,
+# where it first creates .venv from requirements.txt.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python=${PYTHON:-python3}
+command -v "$python" >/dev/null || python=python
+
+# Are the pinned versions of requirements.txt importable by this Python?
+has_pinned_requirements() {
+  "$1" - <<'PY' 2>/dev/null
+import importlib.metadata as metadata
+for line in open('requirements.txt'):
+    line = line.split('#')[0].strip()
+    if line:
+        name, version = line.split('==')
+        assert metadata.version(name) == version, name
+PY
+}
+
+if ! has_pinned_requirements "$python"; then
+  if ! has_pinned_requirements .venv/bin/python; then
+    echo "testing.sh: the pinned requirements are not installed; creating .venv from requirements.txt"
+    "$python" -m venv .venv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  fi
+  python=.venv/bin/python
+fi
+
+"$python" -m coverage erase
+status=0
+"$python" -m coverage run test.py "$@" || status=$?
+"$python" -m coverage combine --quiet
+"$python" -m coverage report -m
+if [ "$status" -ne 0 ]; then
+  echo "testing.sh: tests failed" >&2
+  exit "$status"
+fi
+"$python" -m coverage report --include=run.py --fail-under=90 >/dev/null \
+  || { echo "testing.sh: coverage of run.py is under 90%" >&2; exit 1; }
+echo "testing.sh: all tests passed; run.py coverage at least 90%"
