@@ -282,19 +282,22 @@ def profile(args, port, logdir):
         if load and load.poll() is None:
             load.kill()
         server.stop()
-    own, total, samples = {}, {}, 0
+    own, total, package, samples = {}, {}, {}, 0
     for line in open(raw):
         stack, _, count = line.rstrip().rpartition(" ")
         # "func (file.py:123)" -> "func (file.py)"; py-spy's "process N: cmd" root frames are dropped.
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if not f.startswith("process ")]
         samples += int(count)
         own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        where = re.sub(r"^.*\((.*)\)$", r"\1", frames[-1]).split("/")[0]  # "cherrypy", "logging", ...
+        package[where] = package.get(where, 0) + int(count)
         for frame in set(frames):
             total[frame] = total.get(frame, 0) + int(count)
     print("py-spy on `%s`%s: %d samples in %d s while wrk -c%d drove `%s` at %.0f req/s (p99 %.0f ms)\n" % (
         name, "" if args.all_threads else " (GIL holder only)", samples, args.duration, conns, path,
         run["requests"] / (run["duration_us"] / 1e6), run["p99_us"] / 1e3))
-    for title, counts in (("own time (the function itself)", own), ("total time (with what it calls)", total)):
+    for title, counts in (("own time (the function itself)", own), ("total time (with what it calls)", total),
+                          ("own time by package or file", package)):
         print("| %% samples, %s | function (file) |\n|---:|---|" % title)
         for frame, n in sorted(counts.items(), key=lambda kv: -kv[1])[:args.top]:
             print("| %.1f | `%s` |" % (100.0 * n / max(samples, 1), frame))
