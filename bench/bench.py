@@ -213,11 +213,13 @@ def table(args, results):
                     continue
                 rps = median(runs, "rps")
                 worst = max(runs, key=lambda r: r["connect"] + r["read"] + r["write"] + r["timeout"])
-                rows.append("| `%s` | %d | %s | %.0f | %s | %s | %.1f | %.1f | %d/%d/%d/%d | %d | %.0f | %.0f |" % (
+                # wrk reports 0 when every answer was a timeout: say "over the timeout" instead.
+                ms = lambda key: "%.1f" % (median(runs, key) / 1e3) if median(runs, key) else "> %d000" % args.timeout
+                rows.append("| `%s` | %d | %s | %.0f | %s | %s | %s | %s | %d/%d/%d/%d | %d | %.0f | %.0f |" % (
                     path, conns, name, rps,
                     "%.2f" % (rps / median(ref, "rps")) if ref else "–",
                     "%.2f" % (rps / median(top, "rps")) if top else "–",
-                    median(runs, "p50_us") / 1e3, median(runs, "p99_us") / 1e3,
+                    ms("p50_us"), ms("p99_us"),
                     worst["connect"], worst["read"], worst["write"], worst["timeout"],
                     max(r["status"] for r in runs),
                     statistics.median(results[(name, "startup")]) * 1e3, median(runs, "rss_mb")))
@@ -307,9 +309,9 @@ def profile(args, port, logdir):
 def machine_line():
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
-    return "%d cores (nproc), %s, Python %s, Linux %s, %s, load average %.2f before the run" % (
+    return "%d cores (nproc), %s, Python %s, Linux %s, %s; load average %.1f before the run, %.1f after" % (
         os.cpu_count(), model, platform.python_version(), platform.release(), wrk_version.strip(),
-        LOAD_BEFORE)
+        LOAD_BEFORE, os.getloadavg()[0])
 
 
 def parse_args(argv):
