@@ -91,7 +91,11 @@ def readiness_check(name, timeout=1.0):
 
 
 def _main_listener_problem():
-    """The admin listener can look healthy while the main one is stuck: look at the main one."""
+    """The admin listener can look healthy while the main one is stuck: look at the main one.
+
+    Busy is not unready: a pod whose workers are all busy stays in rotation, since taking
+    it out would pile its load on the others and could cascade.
+    """
     server = cherrypy.server.httpserver
     if server is None or not server.ready:
         return 'main listener not serving'
@@ -139,9 +143,8 @@ def _on_signal(drain_seconds):
 
 
 def _listeners():
-    admin = getattr(lifecycle, 'admin', None)
-    found = [cherrypy.server.httpserver, admin and admin.httpserver]
-    return [server for server in found if server is not None]
+    admin = lifecycle.admin and lifecycle.admin.httpserver
+    return [server for server in (cherrypy.server.httpserver, admin) if server is not None]
 
 
 def install(config, healthcheck):

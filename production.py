@@ -128,11 +128,16 @@ class LingeringConnection(cheroot.server.HTTPConnection):
     def communicate(self):
         keep_open = super().communicate()
         for _ in range(self.MAX_REQUESTS):
-            if not (keep_open and self.server.ready and not self.server.draining
+            if not (keep_open and self._may_linger()
                     and (self.rfile.has_data() or _readable(self.socket, self.LINGER))):
                 break
             keep_open = super().communicate()
         return keep_open
+
+    def _may_linger(self):
+        # Only while no other connection waits for a worker: never make others queue longer.
+        server = self.server
+        return server.ready and not server.draining and not server.requests.qsize
 
 
 class TunedServer:

@@ -15,6 +15,7 @@ import cherrypy
 import probes
 import production
 import settings
+import workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Server settings and static content live in prod.conf; environment variables override it.
@@ -87,13 +88,20 @@ def configure():
     return config
 
 
-def main():
-    config = configure()
-    production.check_port_free(config)  # one clear line instead of a traceback
+def serve(config):
+    """Start the configured server and block until it is stopped."""
     cherrypy.engine.signals.subscribe()  # SIGTERM/SIGINT stop gracefully (see probes.py)
     cherrypy.engine.start()
     print(config.summary(), flush=True)
     cherrypy.engine.block()              # until the engine exits
+
+
+def main():
+    config = configure()
+    production.check_port_free(config)  # one clear line instead of a traceback
+    if config['ops.workers'] > 1:       # several processes on one port: see workers.py
+        raise SystemExit(workers.fork(config['ops.workers'], lambda: serve(config)))
+    serve(config)
 
 
 if __name__ == '__main__':

@@ -68,6 +68,7 @@ VARIABLES = {
     'ADMIN_PORT': ('ops.admin_port', _number(0, 65535)),
     'DRAIN_SECONDS': ('ops.drain_seconds', _number(0, 3600)),
     'TRUST_PROXY': ('ops.trust_proxy', _switch),
+    'WORKERS': ('ops.workers', _number(1, 64)),
     'STATIC_MAX_AGE': (STATIC_SECTIONS, _number(0, 31536000)),  # tools.cache_control.max_age
     'DEV': (None, _switch),
 }
@@ -86,7 +87,9 @@ class Settings:
     def summary(self):
         host, port = self['server.socket_host'], self['server.socket_port']
         admin = self['ops.admin_port'] or 'off'
-        return (f'Serving on http://{host}:{port} with {self["server.thread_pool"]} threads '
+        workers = self['ops.workers']
+        each = f' in each of {workers} processes' if workers > 1 else ''
+        return (f'Serving on http://{host}:{port} with {self["server.thread_pool"]} threads{each} '
                 f'(environment: {"development" if self.dev else "production"}, admin port: {admin})')
 
 

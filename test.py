@@ -74,6 +74,7 @@ def tearDownModule():
     cherrypy.engine.exit()
 
 
+
 def request(method, path, port=PORT, headers=None, body=None, timeout=5):
     """One request on a new connection; returns (status, headers, body)."""
     conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
@@ -373,17 +374,43 @@ class ShutdownTest(unittest.TestCase):
 class LingerTest(unittest.TestCase):
 
     def test_a_keep_alive_client_keeps_its_worker(self):
-        """The next request on a kept-alive connection is served by the same worker: no trip
-        through the selector thread and the queue (cheroot alone rotates through workers)."""
+        """The next request on a kept-alive connection is served by the same worker, with no
+        trip through the selector thread and the queue (cheroot alone rotates through its
+        workers). The linger is stretched so that a slow test machine cannot miss it."""
         conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
         try:
-            names = set()
-            for _ in range(10):
-                conn.request('GET', '/test/thread')
-                names.add(conn.getresponse().read())
+            with mock.patch.object(production.LingeringConnection, 'LINGER', 1.0):
+                names = set()
+                for _ in range(10):
+                    conn.request('GET', '/test/thread')
+                    names.add(conn.getresponse().read())
             self.assertEqual(len(names), 1, names)
         finally:
             conn.close()
+
+    def test_lingering_never_keeps_a_waiting_client_from_a_worker(self):
+        """Every worker busy with a keep-alive client that keeps sending: a new client is
+        still answered, because a worker only lingers while nobody waits in the queue."""
+        stop_sending = threading.Event()
+
+        def keep_sending():
+            conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
+            while not stop_sending.is_set():
+                conn.request('GET', '/healthcheck')
+                conn.getresponse().read()
+            conn.close()
+
+        with mock.patch.object(production.LingeringConnection, 'LINGER', 1.0), \
+                mock.patch.object(production.LingeringConnection, 'MAX_REQUESTS', 10 ** 6), \
+                concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            senders = [pool.submit(keep_sending) for _ in range(THREADS)]
+            try:
+                time.sleep(0.3)  # every worker now holds one sending client
+                self.assertEqual(request('GET', '/', timeout=2)[0], 200)
+            finally:
+                stop_sending.set()
+            for sender in senders:
+                sender.result()
 
     def test_a_client_that_pauses_goes_back_to_the_selector(self):
         conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
@@ -485,8 +512,9 @@ class ProcessTest(unittest.TestCase):
 
     def test_missing_prod_conf_exits_2(self):
         with tempfile.TemporaryDirectory() as folder:
-            for name in ('run.py', 'settings.py', 'production.py', 'probes.py'):
-                shutil.copy(os.path.join(HERE, name), folder)
+            for name in os.listdir(HERE):  # the code, without prod.conf
+                if name.endswith('.py'):
+                    shutil.copy(os.path.join(HERE, name), folder)
             done = self.run_bad({}, cwd=folder)
         self.assertEqual(done.returncode, 2)
         self.assertIn('prod.conf', done.stderr)
@@ -568,6 +596,45 @@ class ProcessTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, err)
 
 
+# Two worker processes, each reporting its process id.
+WORKERS_SERVER = """
+import os, time, cherrypy, run
+run.Landing.pid = cherrypy.expose(lambda self: str(os.getpid()))
+run.Landing.slow = cherrypy.expose(lambda self, s='1': time.sleep(float(s)) or 'done')
+run.main()
+"""
+
+
+class WorkersTest(unittest.TestCase):
+
+    def test_workers_share_the_port_and_stop_together_on_sigterm(self):
+        proc, port, _ = start_server({'WORKERS': '2'}, code=WORKERS_SERVER)
+        try:
+            pids = {request('GET', '/pid', port=port)[2] for _ in range(60)}
+            self.assertEqual(len(pids), 2, pids)  # the kernel spread connections over both
+            with concurrent.futures.ThreadPoolExecutor(10) as pool:
+                calls = [pool.submit(request, 'GET', '/slow?s=1', port=port, timeout=10)
+                         for _ in range(10)]
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)  # to the parent only, as Docker does
+                results = [f.result()[:3:2] for f in calls]
+        finally:
+            out, err = stop(proc)
+        self.assertEqual(results, [(200, b'done')] * 10)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertEqual(out.count('Serving on'), 2)
+
+    def test_a_worker_dying_stops_the_set_with_status_1(self):
+        proc, port, _ = start_server({'WORKERS': '2'}, code=WORKERS_SERVER)
+        try:
+            victim = int(request('GET', '/pid', port=port)[2])
+            os.kill(victim, signal.SIGKILL)
+        finally:
+            out, err = stop(proc)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f'Worker {victim} exited on its own', err)
+
+
 class LifecycleTest(unittest.TestCase):
     """State transitions and readiness checks, on a fresh Lifecycle."""
 
@@ -582,9 +649,12 @@ class LifecycleTest(unittest.TestCase):
         self.lifecycle.state = probes.READY
         self.assertIsNone(probes.not_ready_reason())
         handler = probes._on_signal(drain_seconds=30)
-        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
+        listener = mock.Mock(draining=False)
+        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit, \
+                mock.patch.object(probes, '_listeners', return_value=[listener]):
             handler()
             self.assertEqual(probes.not_ready_reason(), 'draining')
+            self.assertTrue(listener.draining)  # answers now say "Connection: close"
             engine_exit.assert_not_called()  # still serving for the drain period
             handler()  # a second signal does not wait
             engine_exit.assert_called_once()
@@ -600,7 +670,8 @@ class LifecycleTest(unittest.TestCase):
 
     def test_zero_drain_stops_at_once(self):
         self.lifecycle.state = probes.READY
-        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
+        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit, \
+                mock.patch.object(probes, '_listeners', return_value=[]):
             probes._on_signal(drain_seconds=0)()
             self.lifecycle.drain_timer.join(2)
             engine_exit.assert_called_once()
