@@ -114,6 +114,14 @@ class Server:
             time.sleep(0.005)
         raise RuntimeError("%s did not answer 200 on /healthcheck within %ss" % (self.name, limit))
 
+    def wait_all_ready(self, in_a_row=20, limit=10.0):
+        """With several processes on one port (WORKERS, SO_REUSEPORT) the first 200 comes from
+        one of them: wait until fresh connections get 200 `in_a_row` times before loading."""
+        deadline, ok = time.monotonic() + limit, 0
+        while ok < in_a_row and time.monotonic() < deadline:
+            ok = ok + 1 if self.get("/healthcheck")[0] == 200 else 0
+            time.sleep(0 if ok else 0.01)
+
     def check(self):
         """Each path answers 200 with the expected kind of body, before any load."""
         problems = []
@@ -175,6 +183,7 @@ def visit(name, spec, port, args, logdir, results):
     server = Server(name, spec, port, logdir)
     try:
         startup = server.wait_healthy()
+        server.wait_all_ready()
         problems = server.check()
         if problems:
             raise RuntimeError("%s serves the wrong thing: %s" % (name, "; ".join(problems)))
