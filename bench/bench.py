@@ -404,4 +404,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # the servers were already stopped by the `finally` blocks
+        sys.exit("interrupted")
