@@ -1,10 +1,12 @@
 """Production behaviour that CherryPy does not give by default, each piece with its reason.
 
 - Error pages: the status line only; no traceback, file path or version string.
-- Access log: one line per request to stdout, health probes left out, without the
-  per-request uuid4 that CherryPy's formatter computes even when nothing logs it.
+- Access log: one line per request to stdout, health probes left out, written by one
+  thread, without the per-request uuid4 that CherryPy's formatter computes.
 - Connections (cheroot): idle and newly opened connections wait in the selector, not in
-  a worker thread, and idle keep-alive time and count are settable (prod.conf "ops.").
+  a worker thread; a keep-alive client's next request stays on its worker (linger);
+  idle keep-alive time and count are settable (prod.conf "ops."); nothing sent before a
+  stop is dropped.
 - TRUST_PROXY: the client address is the one the load balancer appended, not one the
   client wrote.
 """
@@ -141,11 +143,10 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 break
 
 
-def _readable(sock, seconds, poller=None):
+def _readable(sock, seconds):
     """Whether sock has data (or EOF) within `seconds`; poll, since select() stops at fd 1024."""
-    if poller is None:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     return bool(poller.poll(seconds * 1000))
 
 
@@ -175,7 +176,7 @@ class LingeringConnection(cheroot.server.HTTPConnection):
         if self.poller is None:
             self.poller = select.poll()
             self.poller.register(self.socket, select.POLLIN)
-        return _readable(self.socket, seconds, self.poller)
+        return bool(self.poller.poll(seconds * 1000))
 
     def _may_linger(self):
         # Only while no other connection waits for a worker: never make others queue longer.
