@@ -4,9 +4,8 @@
 - Access log: one line per request to stdout, health probes left out, written by one
   thread, without the per-request uuid4 that CherryPy's formatter computes.
 - Connections (cheroot): idle and newly opened connections wait in the selector, not in
-  a worker thread; a keep-alive client's next request stays on its worker (linger);
-  idle keep-alive time and count are settable (prod.conf "ops."); nothing sent before a
-  stop is dropped.
+  a worker thread; idle keep-alive time and count are settable (prod.conf "ops.");
+  nothing sent before a stop is dropped.
 - TRUST_PROXY: the client address is the one the load balancer appended, not one the
   client wrote.
 """
@@ -19,7 +18,6 @@ import threading
 import time
 
 import cheroot.connections
-import cheroot.server
 import cheroot.wsgi
 import cherrypy
 from cherrypy import _cplogging, _cpwsgi_server
@@ -150,44 +148,9 @@ def _readable(sock, seconds):
     return bool(poller.poll(seconds * 1000))
 
 
-class LingeringConnection(cheroot.server.HTTPConnection):
-    """A connection whose worker waits a moment for the client's next request.
-
-    A keep-alive client sends its next request as soon as it has read the answer. Waiting
-    LINGER seconds for it on the same worker skips a trip through the selector thread and
-    the worker queue (two thread switches, each contending for the GIL).
-    """
-
-    LINGER = 0.002
-    MAX_REQUESTS = 100  # then back through the selector, so that one client cannot hog a worker
-
-    poller = None  # one poll object per connection, made on its first linger
-
-    def communicate(self):
-        keep_open = super().communicate()
-        for _ in range(self.MAX_REQUESTS):
-            if not (keep_open and self._may_linger()
-                    and (self.rfile.has_data() or self._next_request_within(self.LINGER))):
-                break
-            keep_open = super().communicate()
-        return keep_open
-
-    def _next_request_within(self, seconds):
-        if self.poller is None:
-            self.poller = select.poll()
-            self.poller.register(self.socket, select.POLLIN)
-        return bool(self.poller.poll(seconds * 1000))
-
-    def _may_linger(self):
-        # Only while no other connection waits for a worker: never make others queue longer.
-        server = self.server
-        return server.ready and not server.draining and not server.requests.qsize
-
-
 class TunedServer:
     """The template's connection handling, mixed into cheroot's servers."""
 
-    ConnectionClass = LingeringConnection
     draining = False  # set on SIGTERM: answers say "Connection: close"
     last_loop = None
 
