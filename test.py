@@ -411,6 +411,22 @@ class FairnessTest(unittest.TestCase):
             for sender in senders:
                 sender.result()
 
+    def test_one_selector_round_accepts_every_queued_connection(self):
+        """A burst of new connections is accepted at once, not one per selector round: under
+        load each round waits for the GIL, and one by one took 1.7 s for 100 connections."""
+        server = production.AdminServer(('127.0.0.1', 0), lambda environ, start: [], numthreads=1)
+        server.request_queue_size = 64  # the listen backlog
+        server.prepare()
+        server.ready = True  # as serve() would: stop() then ends the worker too
+        clients = [socket.create_connection(server.bind_addr, timeout=5) for _ in range(20)]
+        try:
+            server._connections._from_server_socket(server.socket)
+            self.assertEqual(server._connections._num_connections, 20)
+        finally:
+            for client in clients:
+                client.close()
+            server.stop()
+
     def test_a_client_that_pauses_keeps_its_connection(self):
         conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
         try:
