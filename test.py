@@ -438,6 +438,16 @@ class FairnessTest(unittest.TestCase):
                 client.close()
             server.stop()
 
+    def test_slow_handlers_still_run_side_by_side(self):
+        """Requests go to few threads at a time, but handlers that block (here, sleep) bring
+        in more threads: every worker sleeps at once, as with cheroot's own queue."""
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            answers = list(pool.map(lambda _: request('GET', '/test/sleep?seconds=0.5')[0],
+                                    range(THREADS)))
+        self.assertEqual(answers, [200] * THREADS)
+        self.assertLess(time.monotonic() - started, 2.0)  # one at a time: 4 s
+
     def test_a_client_that_pauses_keeps_its_connection(self):
         conn = http.client.HTTPConnection('127.0.0.1', PORT, timeout=5)
         try:
@@ -450,6 +460,59 @@ class FairnessTest(unittest.TestCase):
             self.assertIs(conn.sock, sock)
         finally:
             conn.close()
+
+
+class PacedQueueTest(unittest.TestCase):
+    """production.PacedQueue with real threads: few threads while they keep up, more as
+    soon as they block, and a stop that reaches every thread."""
+
+    def run_workers(self, work, items, threads=8, tick=None):
+        """`threads` pool threads take items until told to stop; returns who took what."""
+        pool = production.PacedQueue(threads)
+        if tick:
+            pool.TICK = tick  # this queue's watchdog only, from its next tick on
+        taken = []
+
+        def worker():
+            while True:
+                item = pool.get()
+                if item is production._STOP_WORKER:
+                    return
+                taken.append(threading.current_thread().name)
+                work()
+
+        workers = [threading.Thread(target=worker, name='worker %d' % i) for i in range(threads)]
+        for thread in workers:
+            thread.start()
+        time.sleep(0.05)  # every thread now sleeps in get()
+        try:
+            for item in range(items):
+                pool.put(item)
+            deadline = time.monotonic() + 10
+            while len(taken) < items and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            for _ in workers:
+                pool.put(production._STOP_WORKER)
+            for thread in workers:
+                thread.join(10)
+            pool.closed = True
+        self.assertFalse(any(thread.is_alive() for thread in workers), 'a thread missed its stop')
+        self.assertEqual(len(taken), items)
+        return taken
+
+    def test_one_thread_takes_the_work_while_it_keeps_up(self):
+        # The watchdog is held back, so this checks the hand-out alone: cheroot's queue
+        # would spread these 200 items over all 8 threads.
+        taken = self.run_workers(lambda: sum(range(2000)), items=200, tick=60)
+        self.assertEqual(len(set(taken)), 1, set(taken))
+
+    def test_blocked_threads_bring_in_more(self):
+        started = time.monotonic()
+        taken = self.run_workers(lambda: time.sleep(0.3), items=8)
+        # One thread at a time would take 2.4 s; all 8 at once take 0.3 s and a few ticks.
+        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertEqual(len(set(taken)), 8, taken)
 
 
 class SettingsTest(unittest.TestCase):
