@@ -18,6 +18,8 @@ import threading
 import time
 
 import cheroot.connections
+import cheroot.makefile
+import cheroot.server
 import cheroot.wsgi
 from cheroot.workers import threadpool
 import cherrypy
@@ -160,6 +162,46 @@ def _readable(sock, seconds):
     return bool(poller.poll(seconds * 1000))
 
 
+class _HeadersWithBodyWriter(cheroot.makefile.StreamWriter):
+    """cheroot's socket writer, holding an answer's status line and headers back until the
+    first piece of its body, so that a small answer leaves in one send(), not two: one
+    system call and one release of the GIL fewer per request. Later pieces go out as
+    written (streamed answers are not delayed), and so does "100 Continue"."""
+
+    hold_headers = False  # set for each request by OneSendConnection
+
+    def write(self, data):
+        if self.hold_headers and data.endswith(b'\r\n\r\n') and b' 100 ' not in data[:13]:
+            self.hold_headers = False
+            self._write_buf.extend(data)  # sent with the next write, or at the request's end
+            return len(data)
+        return super().write(data)
+
+
+class OneSendConnection(cheroot.server.HTTPConnection):
+    """A plain-HTTP connection whose answers leave in one send() when they fit (see above)."""
+
+    def __init__(self, server, sock, makefile=cheroot.makefile.MakeFile):
+        super().__init__(server, sock, makefile)
+        if makefile is cheroot.makefile.MakeFile:  # TLS sockets keep their own writer
+            self.wfile = _HeadersWithBodyWriter(sock, 'wb', self.wbufsize)
+
+    def communicate(self):
+        wfile = self.wfile
+        if not isinstance(wfile, _HeadersWithBodyWriter):
+            return super().communicate()
+        wfile.hold_headers = True
+        try:
+            return super().communicate()
+        finally:
+            wfile.hold_headers = False
+            if wfile._write_buf:  # an answer without a body: HEAD, 304, 204
+                try:
+                    wfile.flush()
+                except OSError:
+                    pass  # the client left; cheroot closes the connection
+
+
 class PacedQueue:
     """cheroot's request queue, handing requests to as few of the pool's threads as keep up.
 
@@ -254,6 +296,7 @@ class _Waiter:
 class TunedServer:
     """The template's connection handling, mixed into cheroot's servers."""
 
+    ConnectionClass = OneSendConnection
     draining = False  # set on SIGTERM: answers say "Connection: close"
     last_loop = None
 

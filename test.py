@@ -51,6 +51,15 @@ class Slow:
         return 'slept\n'
 
     @cherrypy.expose
+    @cherrypy.config(**{'response.stream': True})
+    def stream(self):
+        def pieces():
+            yield 'first\n'
+            time.sleep(1)
+            yield 'second\n'
+        return pieces()
+
+    @cherrypy.expose
     def boom(self):
         raise RuntimeError('secret detail /etc/app/config.py')
 
@@ -375,6 +384,29 @@ class KeepAliveTest(unittest.TestCase):
         finally:
             for conn in conns:
                 conn.close()
+
+
+class OneSendTest(unittest.TestCase):
+
+    def test_a_small_answer_leaves_in_one_send(self):
+        """Status line, headers and body go out in one system call, not two."""
+        with mock.patch.object(socket.SocketIO, 'write', autospec=True,
+                               side_effect=socket.SocketIO.write) as write:
+            status, _, body = request('GET', '/')
+        self.assertEqual(status, 200)
+        self.assertEqual(write.call_count, 1)
+        self.assertTrue(write.call_args[0][1].endswith(body))
+
+    def test_a_streamed_answer_is_not_held_back(self):
+        """Only the headers wait for the body: the first piece of a stream arrives before
+        the handler has made the second."""
+        with socket.create_connection(('127.0.0.1', PORT), timeout=5) as sock:
+            sock.sendall(b'GET /test/stream HTTP/1.1\r\nHost: x\r\n\r\n')
+            started, received = time.monotonic(), b''
+            while b'first' not in received:
+                received += sock.recv(4096)
+            self.assertLess(time.monotonic() - started, 0.8)  # the second piece comes at 1 s
+            self.assertNotIn(b'second', received)
 
 
 class ShutdownTest(unittest.TestCase):
