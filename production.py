@@ -4,8 +4,10 @@
 - Access log: one line per request to stdout, health probes left out, written in
   batches by one thread, without the per-request uuid4 that CherryPy's formatter computes.
 - Connections (cheroot): idle and newly opened connections wait in the selector, not in
-  a worker thread; idle keep-alive time and count are settable (prod.conf "ops.");
-  nothing sent before a stop is dropped.
+  a worker thread, and a burst of them is accepted at once; idle keep-alive time and count
+  are settable (prod.conf "ops."); nothing sent before a stop is dropped.
+- Threads (cheroot): the 100-thread pool stays, but requests go to as few threads as keep
+  up (PacedQueue), more as soon as handlers block; a small answer leaves in one send().
 - TRUST_PROXY: the client address is the one the load balancer appended, not one the
   client wrote.
 """
@@ -222,6 +224,7 @@ class PacedQueue:
     def __init__(self, threads):
         self.max_active = threads
         self.active = 1
+        self.core = _cpu_limit()  # "a core" under a container CPU limit below one
         self.closed = False
         self._lock = threading.Lock()
         self._items = collections.deque()  # connections with a request waiting, oldest first
@@ -271,7 +274,7 @@ class PacedQueue:
         while not self.closed:
             time.sleep(self.TICK)
             now, now_cpu = time.monotonic(), time.process_time()
-            used = (now_cpu - cpu) / max(now - clock, 1e-6)
+            used = (now_cpu - cpu) / max(now - clock, 1e-6) / self.core
             clock, cpu = now, now_cpu
             with self._lock:
                 if self._items and (used < self.BUSY_CPU or now - self._last_done > self.STALL):
@@ -281,6 +284,17 @@ class PacedQueue:
                     self._last_done = now  # one step per STALL while nothing finishes
                 elif used >= 0.9 and self.active > 1:
                     self.active //= 2  # the extra threads go idle as they finish
+
+
+def _cpu_limit(path='/sys/fs/cgroup/cpu.max'):
+    """The container's CPU limit in cores, at most 1 (cgroup v2 "quota period"; "max" or
+    no file: no limit). With a 500m limit the process never uses 75% of a whole core."""
+    try:
+        with open(path) as limit:
+            quota, period = limit.read().split()[:2]
+        return min(1.0, int(quota) / int(period))
+    except (OSError, ValueError):
+        return 1.0
 
 
 class _Waiter:

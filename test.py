@@ -539,6 +539,17 @@ class PacedQueueTest(unittest.TestCase):
         taken = self.run_workers(lambda: sum(range(2000)), items=200, tick=60)
         self.assertEqual(len(set(taken)), 1, set(taken))
 
+    def test_a_container_cpu_limit_scales_the_busy_mark(self):
+        """Under a 500m limit the process never uses 75% of a whole core: "busy" is
+        measured against the limit, read from cgroup v2's cpu.max."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, 'cpu.max')
+            for text, cores in (('50000 100000', 0.5), ('max 100000', 1.0), ('300000 100000', 1.0)):
+                with open(path, 'w') as limit:
+                    limit.write(text + '\n')
+                self.assertEqual(production._cpu_limit(path), cores, text)
+        self.assertEqual(production._cpu_limit(os.path.join(folder, 'missing')), 1.0)
+
     def test_blocked_threads_bring_in_more(self):
         started = time.monotonic()
         taken = self.run_workers(lambda: time.sleep(0.3), items=8)
