@@ -60,11 +60,14 @@ class AccessLog(_cplogging.LogManager):
         super().__init__(appid, logger_root)
         self.lines = collections.deque()  # append and popleft are thread-safe, without a lock
         self._writing = threading.Lock()  # keeps batches in order when flush() runs too
+        self._writer = None
         self._stamp = (None, '')
 
     def start_writer(self):
         """On engine start: in the serving process, after any fork (threads do not survive one)."""
-        threading.Thread(target=self._write, name='access log', daemon=True).start()
+        if self._writer is None or not self._writer.is_alive():  # one, however many restarts
+            self._writer = threading.Thread(target=self._write, name='access log', daemon=True)
+            self._writer.start()
 
     def access(self):
         request = cherrypy.serving.request
@@ -130,6 +133,12 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             self.put(conn)  # registers it with the selector; a worker gets it when readable
         return None
 
+    def run(self, expiration_interval):
+        if self._stop_requested:  # TunedServer.stop() is serving what arrived: cheroot's
+            time.sleep(0.05)      # serve() would call run() again at once, spinning
+            return
+        super().run(expiration_interval)
+
     def _expire(self, threshold):
         self.server.last_loop = time.monotonic()
         super()._expire(time.time() - self.server.keep_alive_timeout)
@@ -171,13 +180,18 @@ class _HeadersWithBodyWriter(cheroot.makefile.StreamWriter):
     written (streamed answers are not delayed), and so does "100 Continue"."""
 
     hold_headers = False  # set for each request by OneSendConnection
+    failed = False  # a send failed (client gone, or stalled past server.socket_timeout)
 
     def write(self, data):
         if self.hold_headers and data.endswith(b'\r\n\r\n') and b' 100 ' not in data[:13]:
             self.hold_headers = False
             self._write_buf.extend(data)  # sent with the next write, or at the request's end
             return len(data)
-        return super().write(data)
+        try:
+            return super().write(data)
+        except OSError:
+            self.failed = True
+            raise
 
 
 class OneSendConnection(cheroot.server.HTTPConnection):
@@ -193,15 +207,21 @@ class OneSendConnection(cheroot.server.HTTPConnection):
         if not isinstance(wfile, _HeadersWithBodyWriter):
             return super().communicate()
         wfile.hold_headers = True
+        keep_open = False
         try:
-            return super().communicate()
+            keep_open = super().communicate()
         finally:
             wfile.hold_headers = False
-            if wfile._write_buf:  # an answer without a body: HEAD, 304, 204
+            if wfile.failed:  # what was not sent stays unsent: no second wait, and close
+                wfile.failed, keep_open = False, False
+                del wfile._write_buf[:]
+            elif wfile._write_buf:  # held headers of an answer without a body: HEAD, 304
                 try:
                     wfile.flush()
                 except OSError:
-                    pass  # the client left; cheroot closes the connection
+                    del wfile._write_buf[:]
+                    keep_open = False  # the client is gone or stalled: close
+        return keep_open
 
 
 class PacedQueue:
@@ -210,28 +230,31 @@ class PacedQueue:
     Python runs one thread at a time (the GIL). cheroot wakes a fresh thread for every
     request, so under load all 100 threads take turns and every turn costs a thread switch:
     at 100 connections the template served ~1,000 req/s on 100 threads and ~1,300 on one.
-    Here a request goes to one of at most `active` threads, the most recently idle first;
-    the others sleep. Every TICK a watchdog looks at the process: if requests wait while it
-    uses less than BUSY_CPU of a core (threads blocked on a database, a slow client or a
-    sleep), or nothing finished for STALL seconds, `active` doubles; at full CPU it halves.
-    So a CPU-bound load runs on one thread, and 100 slow handlers still run at once.
+    Here a request goes to one of at most `active` running threads, the most recently idle
+    first; the others sleep. A thread on the same request for over STALL seconds (blocked
+    on a database, a slow client, a sleep, or long work) stops counting as running, so it
+    holds up the rest for at most STALL. Every TICK a watchdog looks at the process: if
+    requests wait while it uses under BUSY_CPU of a core (threads blocked briefly), `active`
+    doubles; at full CPU it halves. A CPU-bound load runs on one thread; 100 slow handlers
+    still run at once.
     """
 
     TICK = 0.01
-    BUSY_CPU = 0.75
     STALL = 0.05
+    BUSY_CPU = 0.75
 
     def __init__(self, threads):
         self.max_active = threads
         self.active = 1
-        self.core = _cpu_limit()  # "a core" under a container CPU limit below one
         self.closed = False
+        self.core = _cpu_limit()  # "a core" under a container CPU limit below one
         self._lock = threading.Lock()
         self._items = collections.deque()  # connections with a request waiting, oldest first
-        self._idle = []  # waiting threads, most recently idle last
-        self._busy = 0
-        self._waiter = threading.local()
-        self._last_done = time.monotonic()
+        self._idle = []  # sleeping threads, most recently idle last
+        self._waiters = []  # every thread's _Waiter, for the watchdog
+        self._busy = 0  # threads on a request
+        self._stalled = 0  # ...of which on the same one for over STALL (the watchdog counts)
+        self._local = threading.local()
         threading.Thread(target=self._watch, name='paced queue', daemon=True).start()
 
     def qsize(self):
@@ -239,51 +262,73 @@ class PacedQueue:
 
     def put(self, item, block=True, timeout=None):
         with self._lock:
-            if self._idle and (self._busy < self.active or item is _STOP_WORKER):
-                self._hand(self._idle.pop(), item)
-            else:
-                self._items.append(item)
+            self._items.append(item)  # in order: a stop never overtakes a waiting request
+            self._hand_out()
 
     def get(self):
         """A worker asks for its next request; the one before it, if any, is done."""
-        waiter = getattr(self._waiter, 'slot', None)
-        if waiter is None:
-            waiter = self._waiter.slot = _Waiter()
+        waiter = getattr(self._local, 'waiter', None)
         with self._lock:
+            if waiter is None:
+                waiter = self._local.waiter = _Waiter()
+                self._waiters.append(waiter)
             if waiter.busy:
+                waiter.busy = False
                 self._busy -= 1
-                self._last_done = time.monotonic()
-            items = self._items
-            if items and (self._busy < self.active or items[0] is _STOP_WORKER):
-                self._busy += 1  # straight on to the next request: no sleep, no switch
-                waiter.busy = True
-                return items.popleft()
-            waiter.busy = False
+            if self._items and (self._may_run() or self._items[0] is _STOP_WORKER):
+                return self._take(waiter, self._items.popleft())  # no sleep, no switch
             self._idle.append(waiter)
-        waiter.wake.acquire()  # sleeps until _hand() gives this thread an item
-        waiter.busy = True
+        waiter.wake.acquire()  # sleeps until _hand_out() gives this thread an item
         return waiter.item
 
-    def _hand(self, waiter, item):
-        self._busy += 1
-        waiter.item = item
-        waiter.wake.release()
+    def _may_run(self):
+        return self._busy - self._stalled < self.active
+
+    def _take(self, waiter, item):
+        if item is not _STOP_WORKER:  # a stopped thread never comes back to say it is done
+            waiter.busy, waiter.since = True, time.monotonic()
+            self._busy += 1
+        return item
+
+    def _hand_out(self):
+        """Wake sleeping threads for waiting items, as far as `active` allows (lock held)."""
+        items = self._items
+        while items and self._idle and (self._may_run() or items[0] is _STOP_WORKER):
+            waiter = self._idle.pop()
+            waiter.item = self._take(waiter, items.popleft())
+            waiter.wake.release()
 
     def _watch(self):
         clock, cpu = time.monotonic(), time.process_time()
         while not self.closed:
             time.sleep(self.TICK)
-            now, now_cpu = time.monotonic(), time.process_time()
-            used = (now_cpu - cpu) / max(now - clock, 1e-6) / self.core
-            clock, cpu = now, now_cpu
-            with self._lock:
-                if self._items and (used < self.BUSY_CPU or now - self._last_done > self.STALL):
-                    self.active = min(self.active * 2, self.max_active)
-                    while self._items and self._idle and self._busy < self.active:
-                        self._hand(self._idle.pop(), self._items.popleft())
-                    self._last_done = now  # one step per STALL while nothing finishes
-                elif used >= 0.9 and self.active > 1:
-                    self.active //= 2  # the extra threads go idle as they finish
+            try:
+                now, now_cpu = time.monotonic(), time.process_time()
+                used = (now_cpu - cpu) / max(now - clock, 1e-6) / self.core
+                clock, cpu = now, now_cpu
+                self._pace(now, used)
+            except Exception:  # never let the queue lose its watchdog
+                cherrypy.log('PacedQueue watchdog', 'SERVER', traceback=True)
+
+    def _pace(self, now, used):
+        with self._lock:
+            self._stalled = sum(1 for w in self._waiters if w.busy and now - w.since > self.STALL)
+            if self._items and used < self.BUSY_CPU:
+                self.active = min(self.active * 2, self.max_active)
+            elif used >= 0.9 and self.active > 1:
+                self.active //= 2  # the extra threads go idle as they finish
+            self._hand_out()
+
+
+class _Waiter:
+    """One pool thread's place in PacedQueue: a lock it sleeps on and the item it is given."""
+
+    def __init__(self):
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.item = None
+        self.busy = False
+        self.since = 0.0
 
 
 def _cpu_limit(path='/sys/fs/cgroup/cpu.max'):
@@ -295,16 +340,6 @@ def _cpu_limit(path='/sys/fs/cgroup/cpu.max'):
         return min(1.0, int(quota) / int(period))
     except (OSError, ValueError):
         return 1.0
-
-
-class _Waiter:
-    """One pool thread's place in PacedQueue: a lock it sleeps on and the item it is given."""
-
-    def __init__(self):
-        self.wake = threading.Lock()
-        self.wake.acquire()
-        self.item = None
-        self.busy = False
 
 
 class TunedServer:
@@ -325,7 +360,12 @@ class TunedServer:
         pool = self.requests  # cheroot's ThreadPool, started by super().prepare()
         pool._queue = PacedQueue(pool.min)
         pool.get = pool._queue.get
-        super().prepare()
+        self.last_loop = time.monotonic()  # a restart is not a stuck selector
+        try:
+            super().prepare()
+        except BaseException:
+            pool._queue.closed = True  # its watchdog ends
+            raise
         self._connections.close()  # cheroot's manager, replaced before serve() starts
         self._connections = IdleConnections(self)
         self.draining = False

@@ -386,6 +386,16 @@ class KeepAliveTest(unittest.TestCase):
                 conn.close()
 
 
+def serve_in_thread(app, timeout=10, threads=2):
+    """A production.AdminServer on a free loopback port, serving from a thread; stop() it."""
+    server = production.AdminServer(('127.0.0.1', 0), app, numthreads=threads, request_queue_size=64)
+    server.tune(keep_alive_timeout=60, keep_alive_limit=100)
+    server.timeout = timeout  # server.socket_timeout
+    server.prepare()
+    threading.Thread(target=server.serve, daemon=True).start()
+    return server
+
+
 class OneSendTest(unittest.TestCase):
 
     def test_a_small_answer_leaves_in_one_send(self):
@@ -396,6 +406,64 @@ class OneSendTest(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(write.call_count, 1)
         self.assertTrue(write.call_args[0][1].endswith(body))
+
+    def test_a_client_that_stops_reading_holds_a_worker_for_one_timeout(self):
+        """A send that times out is not retried: the worker is free after one
+        server.socket_timeout, not two."""
+        big = b'x' * (64 << 20)
+
+        def app(environ, start_response):
+            start_response('200 OK', [('Content-Length', str(len(big)))])
+            return [big]
+
+        durations = []
+        communicate = production.OneSendConnection.communicate
+
+        def timed(conn):
+            started = time.monotonic()
+            try:
+                return communicate(conn)
+            finally:
+                durations.append(time.monotonic() - started)
+
+        with mock.patch.object(production.OneSendConnection, 'communicate', timed):
+            server = serve_in_thread(app, timeout=1)
+            try:
+                with socket.create_connection(server.bind_addr) as client:
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')  # and never reads
+                    deadline = time.monotonic() + 10
+                    while not durations and time.monotonic() < deadline:
+                        time.sleep(0.1)
+            finally:
+                server.stop()
+        self.assertTrue(durations)
+        self.assertLess(durations[0], 1.8)  # 1 s timeout; the answer's rest was retried: 2.2 s
+
+    def test_a_failed_send_closes_the_connection(self):
+        """A client pipelines HEAD requests and never reads: once a send times out, the
+        connection is closed, not kept for the next answer."""
+        def app(environ, start_response):
+            start_response('200 OK', [('Content-Length', '100000'), ('X-Pad', 'p' * 2000)])
+            return []
+
+        server = serve_in_thread(app, timeout=0.5)
+        try:
+            with socket.create_connection(server.bind_addr) as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+                client.settimeout(0.2)
+                closed, deadline = False, time.monotonic() + 8
+                while not closed and time.monotonic() < deadline:
+                    try:
+                        client.send(b'HEAD / HTTP/1.1\r\nHost: x\r\n\r\n' * 50)
+                    except (socket.timeout, BlockingIOError):
+                        pass
+                    except OSError:  # reset or broken pipe: the server closed it
+                        closed = True
+                    time.sleep(0.05)
+        finally:
+            server.stop()
+        self.assertTrue(closed, 'the connection was still open after 8 s')
 
     def test_a_streamed_answer_is_not_held_back(self):
         """Only the headers wait for the body: the first piece of a stream arrives before
@@ -428,6 +496,28 @@ class ShutdownTest(unittest.TestCase):
             server.stop()
             results = [f.result() for f in calls]
         self.assertEqual([(s, b) for s, _, b in results], [(200, b'answered')] * 10)
+
+
+    def test_the_selector_thread_waits_while_the_stop_serves_what_arrived(self):
+        """cheroot's serve() loop calls the selector's run() again as soon as it returns;
+        while stop() serves the last requests that must not turn into a busy loop."""
+        def app(environ, start_response):
+            time.sleep(0.3)
+            start_response('200 OK', [('Content-Length', '2')])
+            return [b'ok']
+
+        server = serve_in_thread(app, threads=4)
+        runs = []
+        run = production.IdleConnections.run
+        with mock.patch.object(production.IdleConnections, 'run',
+                               lambda manager, interval: runs.append(1) or run(manager, interval)):
+            with socket.create_connection(server.bind_addr, timeout=5) as client:
+                client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+                time.sleep(0.1)  # the request is on a worker, sleeping
+                runs.clear()
+                server.stop()
+                self.assertTrue(client.recv(100).startswith(b'HTTP/1.1 200 OK'))
+        self.assertLess(len(runs), 50)  # spinning, it was over 10,000
 
 
 class FairnessTest(unittest.TestCase):
