@@ -133,6 +133,12 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             self.put(conn)  # registers it with the selector; a worker gets it when readable
         return None
 
+    def put(self, conn):
+        try:
+            super().put(conn)
+        except (ValueError, OSError):  # a stop closed the selector after the worker's answer
+            conn.close()
+
     def run(self, expiration_interval):
         if self._stop_requested:  # TunedServer.stop() is serving what arrived: cheroot's
             time.sleep(0.05)      # serve() would call run() again at once, spinning

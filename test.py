@@ -498,6 +498,23 @@ class ShutdownTest(unittest.TestCase):
         self.assertEqual([(s, b) for s, _, b in results], [(200, b'answered')] * 10)
 
 
+    def test_a_connection_handed_back_after_the_selector_closed_is_closed(self):
+        """A worker that finishes an answer while stop() closes the selector closes the
+        connection; registering it raised and killed the worker, so queued requests behind
+        it went unanswered."""
+        server = production.AdminServer(('127.0.0.1', 0), lambda environ, start: [], numthreads=1)
+        server.prepare()
+        server.ready = True
+        ours, theirs = socket.socketpair()
+        try:
+            conn = production.OneSendConnection(server, ours)
+            server._connections.close()
+            server._connections.put(conn)  # what HTTPServer.put_conn does after an answer
+            self.assertEqual(ours.fileno(), -1)
+        finally:
+            theirs.close()
+            server.stop()
+
     def test_the_selector_thread_waits_while_the_stop_serves_what_arrived(self):
         """cheroot's serve() loop calls the selector's run() again as soon as it returns;
         while stop() serves the last requests that must not turn into a busy loop."""
