@@ -33,13 +33,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 8  # small, so that "every worker busy" is cheap to arrange
 
 
+def free_ports(count=2):
+    """Ports nothing listens on, all different: held open together, then released (two
+    separate bind-to-0 calls can return the same port, and a server then fails to start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
-PORT, ADMIN_PORT = free_port(), free_port()
+PORT, ADMIN_PORT = free_ports(2)
 
 
 class Slow:
@@ -699,7 +710,7 @@ class SettingsTest(unittest.TestCase):
 
 def start_server(extra_env=None, code=None, cwd=HERE):
     """Start `python run.py` (or `python -c code`) on free ports; wait until it answers."""
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     env = dict(os.environ, HOST='127.0.0.1', PORT=str(port), ADMIN_PORT=str(admin),
                **(extra_env or {}))
     args = [sys.executable, '-c', code] if code else [sys.executable, os.path.join(cwd, 'run.py')]

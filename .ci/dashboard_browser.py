@@ -37,6 +37,8 @@ def get(url):
 
 def start_server(log):
     port, admin = free_port(), free_port()
+    while admin == port:  # two bind-to-0 calls can return the same port
+        admin = free_port()
     env = dict(os.environ, HOST='127.0.0.1', PORT=str(port), ADMIN_PORT=str(admin))
     proc = subprocess.Popen([sys.executable, 'run.py'], cwd=ROOT, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + WAIT

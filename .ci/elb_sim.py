@@ -368,6 +368,8 @@ def main():
         return ok
 
     port, admin_port = free_port(), free_port()
+    while admin_port == port:  # two bind-to-0 calls can return the same port
+        admin_port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in settings.VARIABLES}  # as shipped
     env.update(HOST=HOST, PORT=str(port), ADMIN_PORT=str(admin_port), THREAD_POOL=str(THREAD_POOL))
     log = tempfile.TemporaryFile()  # the access log: a line per page; shown only on failure
