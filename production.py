@@ -241,8 +241,9 @@ class PacedQueue:
     on a database, a slow client, a sleep, or long work) stops counting as running, so it
     holds up the rest for at most STALL. Every TICK a watchdog looks at the process: if
     requests wait while it uses under BUSY_CPU of a core (threads blocked briefly), `active`
-    doubles; at full CPU it halves. A CPU-bound load runs on one thread; 100 slow handlers
-    still run at once.
+    doubles; at full CPU with nothing waiting it halves (halving while requests wait cost
+    handlers that wait 5 ms on I/O a quarter of their throughput). A CPU-bound load runs on
+    one thread; 100 slow handlers still run at once.
     """
 
     TICK = 0.01
@@ -321,7 +322,7 @@ class PacedQueue:
             self._stalled = sum(1 for w in self._waiters if w.busy and now - w.since > self.STALL)
             if self._items and used < self.BUSY_CPU:
                 self.active = min(self.active * 2, self.max_active)
-            elif used >= 0.9 and self.active > 1:
+            elif used >= 0.9 and not self._items and self.active > 1:
                 self.active //= 2  # the extra threads go idle as they finish
             self._hand_out()
 
