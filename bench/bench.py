@@ -27,7 +27,7 @@ from content import HEALTH_BODY  # noqa: E402  (the apps folder is on the path o
 
 PATHS = ["/", "/healthcheck", "/logo.png"]
 REFERENCE, CEILING = "2017", "uvicorn-asgi"
-OPT_IN = ["template-2w"]  # run only when named in --servers
+OPT_IN = ["template-2w", "cherrypy-floor"]  # run only when named in --servers
 # gunicorn's gthread worker gets as many threads as the template's pool (THREAD_POOL=100), so both
 # can hold the same number of slow requests at once: the property the template keeps its pool for.
 GTHREADS = 100
@@ -39,12 +39,17 @@ NOTES = """\
   than wrk's `--timeout` and is left out of p50/p99. non-2xx: answers ≥ 400 as wrk counts them (each
   path is first checked to answer 200 with the right body). × 2017 and × ceiling: req/s ratios at the
   same path and connections.
+- k instr/req: thousands of CPU instructions (user and kernel, all of the server's processes, via
+  `perf stat`) per answered request, median over rounds. It measures work per request and hardly
+  moves with other load on the machine, unlike req/s; "–" where perf cannot count.
 - template: `python run.py` as shipped (HOST=127.0.0.1, ADMIN_PORT=0). 2017: `cherrypy.quickstart`,
   `server.thread_pool` 100, all else default (access log to the screen, autoreload on); its health
   answer is at `/healthcheck/` (the bare path answers 301). http.server: `ThreadingHTTPServer` with
   `BaseHTTPRequestHandler` defaults (HTTP/1.0, backlog 5). flask-dev: `flask run`. gunicorn: 1 worker,
   sync, or gthread with %d threads (the template's pool size). waitress: `waitress-serve` defaults
-  (4 threads). uvicorn-asgi: httptools + uvloop, no access log, no framework.""" % GTHREADS
+  (4 threads). uvicorn-asgi: httptools + uvloop, no access log, no framework. cherrypy-floor (opt-in):
+  the template's server with no per-request extras (no access log, headers, gzip, encode), the least
+  any CherryPy configuration costs here.""" % GTHREADS
 
 
 def server_specs(port):
@@ -60,6 +65,8 @@ def server_specs(port):
         # Opt-in (not in the default list): the template with two server processes sharing the port.
         "template-2w": dict(cmd=[sys.executable, "run.py"], cwd=ROOT,
                             env={"PORT": str(port), "HOST": "127.0.0.1", "ADMIN_PORT": "0", "WORKERS": "2"}),
+        # Opt-in: the template's server with none of its per-request extras; what CherryPy costs at least.
+        "cherrypy-floor": dict(cmd=[sys.executable, "cherrypy_floor.py", str(port)]),
         # The 2017 blog template: its sub-handler answers 200 only at /healthcheck/ (else a 301).
         REFERENCE: dict(cmd=[sys.executable, "cherrypy_2017.py", str(port)],
                         paths={"/healthcheck": "/healthcheck/"}),
@@ -133,13 +140,22 @@ class Server:
                 problems.append("%s -> %s %s %r" % (path, status, ctype, body[:40]))
         return problems
 
-    def rss_mb(self):
-        """Resident memory of every process in the server's group (gunicorn's master and worker)."""
-        total_kb = 0
+    def pids(self):
+        """Every process in the server's group (gunicorn's master and worker, WORKERS=N)."""
+        group = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                if os.getpgid(int(pid)) != self.proc.pid:
-                    continue
+                if os.getpgid(int(pid)) == self.proc.pid:
+                    group.append(pid)
+            except OSError:
+                pass
+        return group
+
+    def rss_mb(self):
+        """Resident memory of the server's whole process group."""
+        total_kb = 0
+        for pid in self.pids():
+            try:
                 with open("/proc/%s/status" % pid) as f:
                     total_kb += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
             except (OSError, StopIteration):
@@ -163,6 +179,31 @@ class Server:
     def log_tail(self):
         with open(self.log.name, "rb") as f:
             return f.read()[-1500:].decode("utf-8", "replace")
+
+
+def perf_counts_instructions():
+    """Whether `perf stat` can count CPU instructions here (some VMs and containers have no counters)."""
+    if not shutil.which("perf"):
+        return False
+    out = subprocess.run(["perf", "stat", "-x,", "-e", "instructions", "--", "true"], capture_output=True, text=True)
+    return out.returncode == 0 and bool(re.match(r"\d+,", (out.stderr.strip().splitlines() or [""])[-1]))
+
+
+class InstructionCount:
+    """CPU instructions (user and kernel) the server's processes execute while it runs, via perf.
+    Unlike req/s, the count per request hardly moves when other work slows the machine down."""
+
+    def __init__(self, pids):
+        self.proc = subprocess.Popen(["perf", "stat", "-x,", "-e", "instructions", "-p", ",".join(pids)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.1)  # perf attaches to every thread before the load starts
+
+    def stop(self):
+        """The count so far, or None if perf could not count."""
+        self.proc.send_signal(signal.SIGINT)
+        err = self.proc.communicate(timeout=10)[1]
+        match = re.search(r"^(\d+),[^,]*,instructions", err, re.M)
+        return int(match.group(1)) if match else None
 
 
 def wrk(url, conns, args):
@@ -192,7 +233,13 @@ def visit(name, spec, port, args, logdir, results):
             wrk("http://127.0.0.1:%d/" % port, args.conns[0], argparse.Namespace(**dict(vars(args), duration=1)))
         for conns in args.conns:
             for path in args.paths:
-                run = wrk("http://127.0.0.1:%d%s" % (port, server.url_path(path)), conns, args)
+                counter = InstructionCount(server.pids()) if args.count_instructions else None
+                try:
+                    run = wrk("http://127.0.0.1:%d%s" % (port, server.url_path(path)), conns, args)
+                finally:
+                    instructions = counter and counter.stop()
+                if instructions and run["requests"]:
+                    run["kinstr"] = instructions / run["requests"] / 1e3
                 run["rss_mb"] = server.rss_mb()
                 results.setdefault((name, path, conns), []).append(run)
                 time.sleep(0.3)  # let closed connections drain before the next level
@@ -210,8 +257,8 @@ def median(runs, key):
 def table(args, results):
     """The Markdown table: medians over rounds; socket errors and non-2xx from the worst round."""
     rows = ["| path | conns | server | req/s | × 2017 | × ceiling | p50 ms | p99 ms "
-            "| socket errors c/r/w/t | non-2xx | start-up ms | RSS MB |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+            "| socket errors c/r/w/t | non-2xx | k instr/req | start-up ms | RSS MB |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for path in args.paths:
         for conns in args.conns:
             ref = results.get((REFERENCE, path, conns))
@@ -224,13 +271,15 @@ def table(args, results):
                 worst = max(runs, key=lambda r: r["connect"] + r["read"] + r["write"] + r["timeout"])
                 # wrk reports 0 when every answer was a timeout: say "over the timeout" instead.
                 ms = lambda key: "%.1f" % (median(runs, key) / 1e3) if median(runs, key) else "> %d000" % args.timeout
-                rows.append("| `%s` | %d | %s | %.0f | %s | %s | %s | %s | %d/%d/%d/%d | %d | %.0f | %.0f |" % (
+                counted = [r["kinstr"] for r in runs if "kinstr" in r]
+                rows.append("| `%s` | %d | %s | %.0f | %s | %s | %s | %s | %d/%d/%d/%d | %d | %s | %.0f | %.0f |" % (
                     path, conns, name, rps,
                     "%.2f" % (rps / median(ref, "rps")) if ref else "–",
                     "%.2f" % (rps / median(top, "rps")) if top else "–",
                     ms("p50_us"), ms("p99_us"),
                     worst["connect"], worst["read"], worst["write"], worst["timeout"],
                     max(r["status"] for r in runs),
+                    "%.0f" % statistics.median(counted) if counted else "–",
                     statistics.median(results[(name, "startup")]) * 1e3, median(runs, "rss_mb")))
     return "\n".join(rows)
 
@@ -328,8 +377,7 @@ def machine_line():
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.splitlines()[0])
-    p.add_argument("--servers", default=",".join(n for n in server_specs(0) if n not in OPT_IN),
-                   help="comma-separated, from: %s (default: all but %s)" % (
+    p.add_argument("--servers", help="comma-separated, from: %s (default: all but %s; with --smoke: all)" % (
                        ", ".join(server_specs(0)), ", ".join(OPT_IN)))
     p.add_argument("--conns", default="10,100,1000", help="concurrent connections, comma-separated")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
@@ -351,6 +399,8 @@ def parse_args(argv):
     p.add_argument("--strict", action="store_true", help="exit 1 when the template misses a target")
     p.add_argument("--verbose-targets", action="store_true", help="list met throughput targets too")
     args = p.parse_args(argv)
+    if args.servers is None:  # the smoke run checks the opt-in rows still start, too
+        args.servers = ",".join(n for n in server_specs(0) if args.smoke or n not in OPT_IN)
     if args.smoke:
         args.conns, args.duration, args.rounds = "10", 1, 1
     args.servers = [s for s in args.servers.split(",") if s]
@@ -361,9 +411,10 @@ def parse_args(argv):
         p.error("unknown servers: %s" % ", ".join(sorted(unknown)))
     if not os.path.exists(os.path.join(ROOT, "run.py")):
         print("note: no run.py at the project root yet; the template rows are skipped", file=sys.stderr)
-        args.servers = [s for s in args.servers if not s.startswith("template")]
+        args.servers = [s for s in args.servers if not s.startswith("template") and s != "cherrypy-floor"]
     if not args.servers:
         p.error("no server to run")
+    args.count_instructions = perf_counts_instructions()
     return args
 
 

@@ -6,6 +6,15 @@ if ! command -v wrk >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq wrk >/dev/null
 fi
 
+# perf counts the CPU instructions each server spends per request, a figure that hardly moves
+# with other load on a shared machine (the "k instr/req" column). Optional: without it, or where
+# the machine has no hardware counters, that column shows "–" and the rest runs as before.
+if ! command -v perf >/dev/null; then
+  { apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq linux-perf >/dev/null; } 2>/dev/null ||
+    echo "bench: could not install perf (apt-get install linux-perf); no instruction counts" >&2
+fi
+
 # The peers, py-spy and the template's own dependencies, pinned, in their own environment;
 # reinstalled only when bench/requirements.txt or the project's requirements.txt change.
 stamp=.venv/.installed-$(cat requirements.txt ../requirements.txt | sha256sum | cut -c1-16)
