@@ -421,12 +421,12 @@ class BufferedLineReaderTest(unittest.TestCase):
         for reader_class in (cheroot.makefile.StreamReader, production._BufferedLineReader):
             ours, theirs = socket.socketpair()
             with ours, theirs:
-                sender = threading.Thread(target=lambda: [theirs.sendall(data[i:i + 700]) for i in
-                                                          range(0, len(data), 700)] and theirs.shutdown(socket.SHUT_WR))
-                sender.start()
+                # All of it first: both readers then get the same recv() sizes (_pyio's
+                # readline(size) returns more than `size` when a line spans two recv()s).
+                theirs.sendall(data)
+                theirs.shutdown(socket.SHUT_WR)
                 reader = reader_class(ours, 'rb')
                 lines = [reader.readline(size) for size in sizes]
-                sender.join()
                 results.append((lines, reader.read(), reader.bytes_read))
         self.assertEqual(results[0], results[1])
         lines, rest, _ = results[1]
@@ -730,22 +730,41 @@ class PacedQueueTest(unittest.TestCase):
         taken = self.run_workers(lambda: sum(range(2000)), items=200, tick=60)
         self.assertEqual(len(set(taken)), 1, set(taken))
 
-    def test_at_full_cpu_the_running_threads_halve_only_when_nothing_waits(self):
-        """Halving while requests wait left threads idle in front of a queue: handlers that
-        wait 5 ms on I/O lost a quarter of their throughput."""
+    def test_at_full_cpu_the_running_threads_drop_one_at_a_time(self):
+        """A full core gains nothing from another thread, waiting requests or not: halving
+        only when nothing waited left a CPU-bound load on 2-4 threads after one noisy tick.
+        One at a time, not halved: handlers waiting 5 ms on I/O lost a quarter of their
+        throughput to halving."""
         pool = production.PacedQueue(8)
         pool.closed = True
         time.sleep(3 * pool.TICK)  # its watchdog has ended; _pace is driven by hand below
         pool.active = 8
         pool._items.append('a waiting request')
         pool._pace(time.monotonic(), used=1.0)
-        self.assertEqual(pool.active, 8)
-        pool._items.clear()
-        pool._pace(time.monotonic(), used=1.0)
-        self.assertEqual(pool.active, 4)
-        pool._items.append('a waiting request')
+        self.assertEqual(pool.active, 7)
+        pool._pace(time.monotonic(), used=0.8)  # between the marks: no change
+        self.assertEqual(pool.active, 7)
         pool._pace(time.monotonic(), used=0.2)  # waiting, and the process mostly idle
         self.assertEqual(pool.active, 8)
+        pool._items.clear()
+        pool.active = 2
+        for _ in range(3):
+            pool._pace(time.monotonic(), used=1.0)
+        self.assertEqual(pool.active, 1)  # never below one
+
+    def test_the_selector_pauses_only_while_requests_wait(self):
+        """The selector thread collects more connections at once while the workers have a
+        queue; a lone client's next request is collected at once."""
+        queue = production.PacedQueue(2)
+        queue.closed = True
+        selector = production._PacingSelector(queue)
+        self.addCleanup(selector.close)
+        with mock.patch.object(production.time, 'sleep') as sleep:
+            list(selector.select(timeout=0))
+            self.assertEqual(sleep.call_count, 0)
+            queue._items.append('a waiting request')
+            list(selector.select(timeout=0))
+            sleep.assert_called_once_with(production._PacingSelector.PAUSE)
 
     def test_a_container_cpu_limit_scales_the_busy_mark(self):
         """Under a 500m limit the process never uses 75% of a whole core: "busy" is
