@@ -5,7 +5,9 @@
   batches by one thread, without the per-request uuid4 that CherryPy's formatter computes.
 - Connections (cheroot): idle and newly opened connections wait in the selector, not in
   a worker thread, and a burst of them is accepted at once; idle keep-alive time and count
-  are settable (prod.conf "ops."); nothing sent before a stop is dropped.
+  are settable (prod.conf "ops."); nothing sent before a stop is dropped; while requests
+  wait for a worker the selector collects more at once (_PacingSelector); request lines
+  are read from the buffer (_BufferedLineReader).
 - Threads (cheroot): the 100-thread pool stays, but requests go to as few threads as keep
   up (PacedQueue), more as soon as handlers block; a small answer leaves in one send().
 - TRUST_PROXY: the client address is the one the load balancer appended, not one the
