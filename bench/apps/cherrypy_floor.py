@@ -13,24 +13,11 @@ import sys
 
 import cherrypy
 
-from content import HEALTH_BODY, LANDING_HTML, LOGO_PATH, ROOT
+from cherrypy_2017 import Landing  # the same site; only the configuration differs
+from content import LOGO_PATH, ROOT
 
 sys.path.insert(0, ROOT)
 import production  # noqa: E402  (the template's server, imported from the project root)
-
-
-class HealthCheck(object):
-    @cherrypy.expose
-    def index(self):
-        return HEALTH_BODY
-
-
-class Landing(object):
-    healthcheck = HealthCheck()
-
-    @cherrypy.expose
-    def index(self):
-        return LANDING_HTML
 
 
 if __name__ == "__main__":
@@ -40,7 +27,7 @@ if __name__ == "__main__":
         "server.thread_pool": 100, "server.socket_queue_size": 1024,
         "tools.encode.on": False,  # the bodies are bytes already
     })
-    app = cherrypy.tree.mount(Landing(), "/", {
+    cherrypy.tree.mount(Landing(), "/", {
         "/healthcheck": {"tools.trailing_slash.on": False},  # /healthcheck answers 200, like the template
         "/logo.png": {"tools.staticfile.on": True, "tools.staticfile.filename": LOGO_PATH},
     })
