@@ -759,12 +759,16 @@ class PacedQueueTest(unittest.TestCase):
         queue.closed = True
         selector = production._PacingSelector(queue)
         self.addCleanup(selector.close)
-        with mock.patch.object(production.time, 'sleep') as sleep:
+        selector.PAUSE = 0.5  # this selector only: long enough to tell apart on a busy machine
+
+        def seconds_to_select():
+            started = time.monotonic()
             list(selector.select(timeout=0))
-            self.assertEqual(sleep.call_count, 0)
-            queue._items.append('a waiting request')
-            list(selector.select(timeout=0))
-            sleep.assert_called_once_with(production._PacingSelector.PAUSE)
+            return time.monotonic() - started
+
+        self.assertLess(seconds_to_select(), 0.25)
+        queue._items.append('a waiting request')
+        self.assertGreaterEqual(seconds_to_select(), 0.5)
 
     def test_a_container_cpu_limit_scales_the_busy_mark(self):
         """Under a 500m limit the process never uses 75% of a whole core: "busy" is
