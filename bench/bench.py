@@ -302,7 +302,7 @@ def targets(args, results):
         errs = sum(max(r["connect"] + r["read"] + r["write"] + r["timeout"] for r in get("template", p, conns))
                    for p in args.paths)
         say(errs == 0, "no socket errors or timeouts at %d connections: %d" % (conns, errs))
-    peers = [n for n in args.servers if n not in [CEILING] + OPT_IN and n != "template"]  # opt-in rows are ours
+    peers = [n for n in args.servers if n not in ["template", CEILING] + OPT_IN]  # opt-in rows are ours
     for path in args.paths:
         for conns in args.conns:
             mine = median(get("template", path, conns), "rps")
