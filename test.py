@@ -72,6 +72,10 @@ class Slow:
         return pieces()
 
     @cherrypy.expose
+    def config_keys(self):
+        return ' '.join(sorted(cherrypy.request.config))
+
+    @cherrypy.expose
     def boom(self):
         raise RuntimeError('secret detail /etc/app/config.py')
 
@@ -82,7 +86,7 @@ def setUpModule():
     with mock.patch.dict(os.environ, env):
         run.configure()
     cherrypy.tree.apps[''].root.test = Slow()
-    cherrypy.config.update({'log.screen': False})  # keep the test output readable
+    cherrypy.log.screen = False  # keep the test output readable
     cherrypy.engine.start()
     cherrypy.engine.wait(cherrypy.engine.states.STARTED)
 
@@ -807,6 +811,13 @@ class SettingsTest(unittest.TestCase):
         self.assertEqual(values, {'PORT': 9000, 'DEV': True, 'TRUST_PROXY': False,
                                   'HOST': '127.0.0.1'})
 
+    def test_process_wide_keys_take_effect_but_stay_out_of_requests(self):
+        keys = request('GET', '/test/config_keys')[2].decode().split()
+        self.assertIn('tools.gzip.on', keys)  # per-request keys still reach each request
+        self.assertEqual([k for k in keys if k.split('.')[0] in settings.PROCESS_WIDE], [])
+        self.assertEqual(cherrypy.server.thread_pool, THREADS)  # applied all the same
+        self.assertEqual(cherrypy.server.socket_port, PORT)
+
     def test_a_missing_or_broken_config_file_exits_2(self):
         with tempfile.TemporaryDirectory() as folder:
             broken = os.path.join(folder, 'prod.conf')
@@ -919,7 +930,7 @@ class ProcessTest(unittest.TestCase):
 
     def test_dev_mode_shows_tracebacks_and_reloads_production_does_not(self):
         code = ('import run, cherrypy; run.configure(); '
-                'print(cherrypy.config["engine.autoreload.on"], '
+                'print(cherrypy.engine.autoreload.start in cherrypy.engine.listeners["start"], '
                 'cherrypy.config["request.show_tracebacks"])')
         for dev, expected in (('1', 'True True'), ('0', 'False False')):
             done = subprocess.run([sys.executable, '-c', code], cwd=HERE, capture_output=True,
