@@ -72,6 +72,11 @@ class Slow:
         return pieces()
 
     @cherrypy.expose
+    def framed(self):  # a page that may be framed by its own site
+        cherrypy.response.headers['X-Frame-Options'] = 'SAMEORIGIN'
+        return 'framed\n'
+
+    @cherrypy.expose
     def config_keys(self):
         return ' '.join(sorted(cherrypy.request.config))
 
@@ -176,12 +181,21 @@ class LandingPageTest(unittest.TestCase):
         self.assertEqual((status, body), (200, b''))
         self.assertTrue(headers['Content-Type'].startswith('text/html'))
 
-    def test_html_carries_hardening_headers(self):
-        headers = request('GET', '/')[1]
-        self.assertEqual(headers['X-Content-Type-Options'], 'nosniff')
-        self.assertEqual(headers['X-Frame-Options'], 'DENY')
-        self.assertIn("frame-ancestors 'none'", headers['Content-Security-Policy'])
-        self.assertTrue(headers['Referrer-Policy'])
+    def test_every_answer_carries_hardening_headers_once(self):
+        for method, path, port in (('GET', '/', PORT), ('GET', '/logo.png', PORT),
+                                   ('GET', '/no/such/page', PORT), ('POST', '/', PORT),
+                                   ('GET', '/test/boom', PORT), ('GET', '/dashboard', ADMIN_PORT)):
+            status, headers, _ = request(method, path, port=port, body=b'x' if method == 'POST' else None)
+            where = (method, path, status)
+            self.assertEqual(headers.get_all('X-Content-Type-Options'), ['nosniff'], where)
+            self.assertEqual(headers.get_all('X-Frame-Options'), ['DENY'], where)
+            self.assertIn("frame-ancestors 'none'", headers['Content-Security-Policy'], where)
+            self.assertEqual(len(headers.get_all('Referrer-Policy')), 1, where)
+
+    def test_a_handler_that_sets_one_keeps_its_own_value(self):
+        headers = request('GET', '/test/framed')[1]
+        self.assertEqual(headers.get_all('X-Frame-Options'), ['SAMEORIGIN'])
+        self.assertEqual(headers.get_all('X-Content-Type-Options'), ['nosniff'])
 
     def test_server_header_has_no_version(self):
         server = request('GET', '/')[1]['Server']
@@ -823,7 +837,10 @@ class SettingsTest(unittest.TestCase):
             broken = os.path.join(folder, 'prod.conf')
             with open(broken, 'w') as f:
                 f.write('[global]\nserver.socket_port: eighty\n')
-            for path in (os.path.join(folder, 'missing.conf'), broken):
+            bad_headers = os.path.join(folder, 'headers.conf')
+            with open(bad_headers, 'w') as f:
+                f.write("[global]\nops.response_headers: {'X-Evil': 'a\\r\\nSet-Cookie: b'}\n")
+            for path in (os.path.join(folder, 'missing.conf'), broken, bad_headers):
                 with mock.patch('sys.stderr') as stderr, self.assertRaises(SystemExit) as caught:
                     settings.load(path, folder, environ={})
                 self.assertEqual(caught.exception.code, 2)
