@@ -155,7 +155,8 @@ def _admin_server(config, root):
     address = (config['server.socket_host'], config['ops.admin_port'])
     server = production.AdminServer(address, app, numthreads=ADMIN_THREADS,
                                     request_queue_size=config['server.socket_queue_size'])
-    server.tune(config['ops.keep_alive_timeout'], config['ops.keep_alive_limit'])
+    server.tune(config['ops.keep_alive_timeout'], config['ops.keep_alive_limit'],
+                config['ops.response_headers'])
     return servers.ServerAdapter(cherrypy.engine, server, address)
 
 

@@ -121,10 +121,11 @@ def load(conf_path, root_dir, environ=os.environ):
         except Exception as error:  # a typo in prod.conf: name the file and the problem
             raise SettingError(f'{os.path.basename(conf_path)}: {error}') from None
         headers = file_config.get('global', {}).get('ops.response_headers', {})
-        if not (isinstance(headers, dict) and all(isinstance(text, str) and text.isprintable()
-                                                  for text in (*headers, *headers.values()))):
+        if not (isinstance(headers, dict) and all(
+                isinstance(text, str) and text.isascii() and text.isprintable()
+                for text in (*headers, *headers.values()))):
             raise SettingError(f'{os.path.basename(conf_path)}: ops.response_headers: must be '
-                               'a dict of header names to values, each text on one line')
+                               'a dict of header names to values, each ASCII text on one line')
         values = read_environment(environ)
     except SettingError as error:
         print(f'Bad setting: {error}', file=sys.stderr)

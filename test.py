@@ -337,6 +337,16 @@ class StaticFilesTest(unittest.TestCase):
             self.assertIsNone(headers['Content-Encoding'], path)
             self.assertIsNone(headers['Vary'], path)  # nothing varies with Accept-Encoding
 
+    def test_a_file_with_a_non_ascii_name(self):
+        path = os.path.join(HERE, 'static', 'café-test.txt')
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write('café\n')
+        try:
+            status, _, body = request('GET', '/static/caf%C3%A9-test.txt')
+        finally:
+            os.remove(path)
+        self.assertEqual((status, body), (200, 'café\n'.encode()))
+
     def test_path_traversal_never_leaves_static(self):
         attempts = ['/static/../run.py', '/static/%2e%2e/run.py', '/static/..%2frun.py',
                     '/static/%2e%2e%2frun.py', '/static/..%5crun.py', '/static//etc/passwd',
