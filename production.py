@@ -10,6 +10,8 @@
   are read from the buffer (_BufferedLineReader).
 - Threads (cheroot): the 100-thread pool stays, but requests go to as few threads as keep
   up (PacedQueue), more as soon as handlers block; a small answer leaves in one send().
+- Requests reach CherryPy through its native gateway, not WSGI (_UTF8NativeGateway), and
+  the hardening headers are added as cheroot sends the answer (_SiteHeadersRequest).
 - TRUST_PROXY: the client address is the one the load balancer appended, not one the
   client wrote.
 """
@@ -497,8 +499,9 @@ class Server(TunedServer, _cpwsgi_server.CPWSGIServer):
     """CherryPy's server (cherrypy.server) with the template's connection handling."""
 
     def __init__(self, server_adapter):
-        super().__init__(server_adapter)  # which sets TunedConnection's request class to
-        TunedConnection.RequestHandlerClass = _SiteHeadersRequest  # ...the one ours extends
+        super().__init__(server_adapter)
+        # CPWSGIServer has just set TunedConnection's request class to its own; ours extends it.
+        TunedConnection.RequestHandlerClass = _SiteHeadersRequest
         # CherryPy's native gateway: cheroot hands each request to CherryPy as it is. Through
         # WSGI, cheroot built an environ that CherryPy translated back: 16% of a request.
         self.gateway = _UTF8NativeGateway

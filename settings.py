@@ -123,9 +123,11 @@ def load(conf_path, root_dir, environ=os.environ):
         headers = file_config.get('global', {}).get('ops.response_headers', {})
         if not (isinstance(headers, dict) and all(
                 isinstance(text, str) and text.isascii() and text.isprintable()
-                for text in (*headers, *headers.values()))):
+                for text in (*headers, *headers.values()))
+                and all(name.replace('-', '').isalnum() for name in headers)):
             raise SettingError(f'{os.path.basename(conf_path)}: ops.response_headers: must be '
-                               'a dict of header names to values, each ASCII text on one line')
+                               'a dict of header names (letters, digits, -) to values, '
+                               'each ASCII text on one line')
         values = read_environment(environ)
     except SettingError as error:
         print(f'Bad setting: {error}', file=sys.stderr)

@@ -852,7 +852,10 @@ class SettingsTest(unittest.TestCase):
             bad_headers = os.path.join(folder, 'headers.conf')
             with open(bad_headers, 'w') as f:
                 f.write("[global]\nops.response_headers: {'X-Evil': 'a\\r\\nSet-Cookie: b'}\n")
-            for path in (os.path.join(folder, 'missing.conf'), broken, bad_headers):
+            bad_name = os.path.join(folder, 'name.conf')
+            with open(bad_name, 'w') as f:
+                f.write("[global]\nops.response_headers: {'X-Frame-Options: DENY': ''}\n")
+            for path in (os.path.join(folder, 'missing.conf'), broken, bad_headers, bad_name):
                 with mock.patch('sys.stderr') as stderr, self.assertRaises(SystemExit) as caught:
                     settings.load(path, folder, environ={})
                 self.assertEqual(caught.exception.code, 2)
