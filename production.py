@@ -289,8 +289,9 @@ class _UTF8NativeGateway(_cpnative_server.NativeGateway):
 
 
 class TunedConnection(cheroot.server.HTTPConnection):
-    """A plain-HTTP connection that reads lines from its buffer and sends small answers
-    in one send() (the two classes above). TLS sockets keep cheroot's own reader and writer."""
+    """A plain-HTTP connection that reads lines from its buffer (_BufferedLineReader), sends
+    small answers in one send() (_HeadersWithBodyWriter) and adds the site headers
+    (_SiteHeadersRequest). TLS sockets keep cheroot's own reader and writer."""
 
     RequestHandlerClass = _SiteHeadersRequest
 
