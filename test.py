@@ -7,6 +7,7 @@ Most tests share one server started in this process (setUpModule). Tests of star
 bad settings and signals run `python run.py` as a subprocess, as a user would.
 """
 import concurrent.futures
+import email.utils
 import gzip
 import http.client
 import logging
@@ -332,6 +333,23 @@ class StaticFilesTest(unittest.TestCase):
             since = headers['Last-Modified']
             status, headers, body = request('GET', path, headers={'If-Modified-Since': since})
             self.assertEqual((status, body), (304, b''), path)
+
+    def test_answers_are_dated_now_and_files_by_their_modification_time(self):
+        before = time.time()
+        headers = request('GET', '/logo.png')[1]
+        after = time.time()
+        dated = email.utils.parsedate_to_datetime(headers['Date']).timestamp()
+        self.assertTrue(int(before) <= dated <= after, (before, headers['Date'], after))
+        mtime = os.stat(os.path.join(HERE, 'static', 'logo.png')).st_mtime
+        self.assertEqual(headers['Last-Modified'], email.utils.formatdate(mtime, usegmt=True))
+
+    def test_http_date_matches_the_standard_library_from_second_to_second(self):
+        # production.http_date keeps one string per second: each second must get its own.
+        for moment in (0, 0.999, 1, 1700000000.5, 1700000001.25, time.time(), -0.5, -1.5):
+            self.assertEqual(production.http_date(moment),
+                             email.utils.formatdate(moment, usegmt=True), moment)
+        before = email.utils.formatdate(usegmt=True)  # no argument: now
+        self.assertIn(production.http_date(), (before, email.utils.formatdate(usegmt=True)))
 
     def test_text_assets_are_gzipped_when_accepted(self):
         status, headers, body = request('GET', '/static/style.css',
