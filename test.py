@@ -391,6 +391,21 @@ class AccessLogTest(unittest.TestCase):
         self.assertRegex(log.lines[0], r'^127\.0\.0\.1 - - \[.+\] "GET / HTTP/1.1" 200 \d+ "" '
                                        r'"tester \\"quoted\\""$')
 
+    def test_what_the_client_sent_is_escaped_in_the_line(self):
+        odd = {'User-Agent': 'back\\slash \x01 caf\xe9', 'Referer': 'https://example.com/?q="x"\t1'}
+        with CaptureLog('cherrypy.access') as log:
+            request('GET', '/', headers=odd)
+            flush_access_log()
+        self.assertTrue(log.lines[0].endswith(
+            ' "https://example.com/?q=\\"x\\"\\t1" "back\\\\slash \\x01 caf\\xe9"'), log.lines)
+
+    def test_quote_takes_its_shortcut_only_when_nothing_needs_escaping(self):
+        def slow(text):
+            return text.encode('unicode_escape').decode('ascii').replace('"', '\\"')
+        for text in ('GET / HTTP/1.1', 'Mozilla/5.0 (X11)', '', 'a"b', 'a\\b', 'tab\there',
+                     'new\nline', 'caf\xe9', '\u2713', '\x7f', ' '):
+            self.assertEqual(production._quote(text), slow(text), repr(text))
+
     def test_lines_reach_the_log_without_a_flush(self):
         """The writer thread logs what came in every BATCH_SECONDS, one line per request."""
         with CaptureLog('cherrypy.access') as log:
