@@ -5,9 +5,10 @@
   batches by one thread, without the per-request uuid4 that CherryPy's formatter computes.
 - Connections (cheroot): idle and newly opened connections wait in the selector, not in
   a worker thread, and a burst of them is accepted at once; idle keep-alive time and count
-  are settable (prod.conf "ops."); nothing sent before a stop is dropped; while requests
-  wait for a worker the selector collects more at once (_PacingSelector); request lines
-  are read from the buffer (_BufferedLineReader).
+  are settable (prod.conf "ops."); nothing sent before a stop is dropped; under load the
+  workers pick up ready connections between requests, so the selector thread sleeps
+  (IdleConnections.look_between_requests); request lines are read from the buffer
+  (_BufferedLineReader).
 - Threads (cheroot): the 100-thread pool stays, but requests go to as few threads as keep
   up (PacedQueue), more as soon as handlers block; a small answer leaves in one send().
 - Requests reach CherryPy through its native gateway, not WSGI (_UTF8NativeGateway), and
@@ -22,7 +23,6 @@ import functools
 import html
 import math
 import select
-import selectors
 import socket
 import sys
 import threading
@@ -136,14 +136,65 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     4. A burst of new connections is accepted in one round, not one per round.
     5. Stopping: what arrived is served, and the loop neither spins nor lets a worker die
        handing a connection back to a closed selector.
-    6. While requests wait for a worker, it pauses before collecting more (_PacingSelector).
+    6. Under load the workers look for ready connections themselves, between requests
+       (look_between_requests), and the selector thread sleeps.
     """
 
     def __init__(self, server):
         super().__init__(server)
-        self._selector.close()  # cheroot's, with the listener registered: the same, paced
-        self._selector = _PacingSelector(server.requests._queue)
-        self._selector.register(server.socket.fileno(), selectors.EVENT_READ, data=server)
+        self._looking = threading.Lock()  # one looker at a time: no connection handed out twice
+        self._room = threading.Event()    # PacedQueue: a thread could start one more request
+        self._queue = server.requests._queue
+        self._queue.look = self.look_between_requests
+        self._queue.on_room = self._room.set
+
+    def look_between_requests(self):
+        """A worker that finished a request and found the queue empty takes what is ready
+        itself (a select() that does not wait) instead of leaving it to the selector thread.
+
+        Python runs one thread at a time: each time the selector thread woke for the next
+        ready connections, it took the interpreter from the worker and gave it back, two
+        thread switches. The worker, already running, looks in a few microseconds. wrk on /,
+        alternating runs at 10, 100 and 1,000 connections: 0.7-2.0 thread switches per
+        request became 0.14-0.23, CPU time per request fell 5-20%, req/s rose 3-27%.
+        """
+        if self._looking.acquire(blocking=False):
+            try:
+                if not self._stop_requested:  # after a stop, serve_arrived() had the last look
+                    self._hand_out_ready(timeout=0)
+            finally:
+                self._looking.release()
+
+    def _run(self, expiration_interval):
+        """The selector thread: it looks only while a worker could start a request now. While
+        the running threads are all busy (PacedQueue.has_room), a request it handed out would
+        only wait in the queue, and the workers look when they finish."""
+        last_expiry = time.time()
+        while not self._stop_requested:
+            self._room.clear()  # before the check: a worker's set() after it wakes the wait
+            if self._queue.has_room():
+                with self._looking:
+                    self._hand_out_ready(timeout=expiration_interval)
+            else:
+                self._room.wait(expiration_interval)
+            if time.time() - last_expiry > expiration_interval:
+                with self._looking:
+                    self._expire(None)
+                last_expiry = time.time()
+
+    def _hand_out_ready(self, timeout):
+        """One round of cheroot's selector loop: accept new connections, queue ready ones."""
+        try:
+            ready = list(self._selector.select(timeout=timeout))
+        except OSError:
+            self._remove_invalid_sockets()
+            return
+        for fd, conn in ready:
+            if conn is self.server:
+                self._from_server_socket(self.server.socket)
+            else:
+                self._selector.unregister(fd)  # until the worker put()s it back
+                self.server.process_conn(conn)
 
     def _from_server_socket(self, server_socket):
         # Accept every connection the kernel has queued, not one per loop: with 100 busy
@@ -163,6 +214,11 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         except (ValueError, OSError):  # a stop closed the selector after the worker's answer
             conn.close()
 
+    def stop(self):
+        self._stop_requested = True
+        self._room.set()  # the selector thread stops waiting for room: it has to stop
+        super().stop()
+
     def run(self, expiration_interval):
         if self._stop_requested:  # TunedServer.stop() is serving what arrived: cheroot's
             time.sleep(0.05)      # serve() would call run() again at once, spinning
@@ -176,6 +232,10 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     def serve_arrived(self, wait=0.5):
         """At shutdown: accept what the kernel queued, hand every connection that has a
         request waiting to a worker, so that no request sent before the stop is lost."""
+        with self._looking:  # a worker may be looking still; after this, none does
+            self._serve_arrived(wait)
+
+    def _serve_arrived(self, wait):
         listener = self.server.socket
         while True:
             try:
@@ -193,26 +253,6 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 self.server.process_conn(conn)
             if not ready:
                 break
-
-
-class _PacingSelector(cheroot.connections._ThreadsafeSelector):
-    """cheroot's selector, pausing PAUSE seconds before it looks for ready connections while
-    requests already wait in the worker queue: those would only queue behind them, and each
-    look takes the GIL from the worker for one or two connections. With PacedQueue dropping
-    one thread at a time, 3.6-7 thread switches per request at 100 connections became
-    1.0-1.4, and req/s rose by half at 10 and 100 connections (wrk, alternating runs).
-    A lone client never waits: its request is taken at once, so the queue is empty."""
-
-    PAUSE = 0.002
-
-    def __init__(self, queue):
-        super().__init__()
-        self.queue = queue
-
-    def select(self, timeout=None):
-        if self.queue.qsize():
-            time.sleep(self.PAUSE)
-        return super().select(timeout)
 
 
 def _readable(sock, seconds):
@@ -380,6 +420,8 @@ class PacedQueue:
     def get(self):
         """A worker asks for its next request; the one before it, if any, is done."""
         waiter = getattr(self._local, 'waiter', None)
+        if not self._items:
+            self.look()  # queues what is ready now: no wait for the selector thread
         with self._lock:
             if waiter is None:
                 waiter = self._local.waiter = _Waiter()
@@ -387,8 +429,21 @@ class PacedQueue:
             if self._items and (self._may_run() or self._items[0] is _STOP_WORKER):
                 return self._take(waiter, self._items.popleft())  # no sleep, no switch
             self._idle.append(waiter)
+            room = self._may_run()
+        if room:  # this thread stops looking between requests: the selector thread looks
+            self.on_room()
         waiter.wake.acquire()  # sleeps until _hand_out() gives this thread an item
         return waiter.item
+
+    def look(self):
+        """Set by IdleConnections: a worker with nothing queued looks for ready connections."""
+
+    def on_room(self):
+        """Set by IdleConnections: called when has_room() may have turned true."""
+
+    def has_room(self):
+        """Whether a request handed out now would start at once (read without the lock)."""
+        return self._may_run()
 
     def _may_run(self):
         return len(self._busy) - self._stalled < self.active
@@ -428,6 +483,9 @@ class PacedQueue:
             elif used >= self.FULL_CPU and self.active > 1:
                 self.active -= 1  # the extra thread goes idle when it finishes
             self._hand_out()
+            room = self._may_run()
+        if room:  # a thread stalled or `active` grew: the selector thread looks
+            self.on_room()
 
 
 class _Waiter:
