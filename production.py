@@ -140,13 +140,16 @@ class IdleConnections(cheroot.connections.ConnectionManager):
        (look_between_requests), and the selector thread sleeps.
     """
 
+    _queue = None  # the PacedQueue whose workers look; None: cheroot's own selector loop
+
     def __init__(self, server):
         super().__init__(server)
         self._looking = threading.Lock()  # one looker at a time: no connection handed out twice
         self._room = threading.Event()    # PacedQueue: a thread could start one more request
-        self._queue = server.requests._queue
-        self._queue.look = self.look_between_requests
-        self._queue.on_room = self._room.set
+        if hasattr(server.requests._queue, 'has_room'):  # a PacedQueue, not cheroot's queue
+            self._queue = server.requests._queue
+            self._queue.look = self.look_between_requests
+            self._queue.on_room = self._room.set
 
     def look_between_requests(self):
         """A worker that finished a request and found the queue empty takes what is ready
@@ -169,6 +172,8 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         """The selector thread: it looks only while a worker could start a request now. While
         the running threads are all busy (PacedQueue.has_room), a request it handed out would
         only wait in the queue, and the workers look when they finish."""
+        if self._queue is None:
+            return super()._run(expiration_interval)
         last_expiry = time.time()
         while not self._stop_requested:
             self._room.clear()  # before the check: a worker's set() after it wakes the wait

@@ -13,6 +13,7 @@ import gzip
 import http.client
 import logging
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -764,9 +765,9 @@ class LookBetweenRequestsTest(unittest.TestCase):
         start_response('200 OK', [('Content-Length', '2')])
         return [b'ok']
 
-    def test_under_load_the_workers_hand_out_ready_connections(self):
-        server = serve_in_thread(self.compute_app, threads=4)
-        self.addCleanup(server.stop)
+    def load(self, server, clients=20, requests=20):
+        """`clients` keep-alive clients send `requests` each at once; returns how many
+        connections were handed out by workers (True) and by the selector thread (False)."""
         handed_out_by = collections.Counter()
         process_conn = server.process_conn
 
@@ -777,19 +778,36 @@ class LookBetweenRequestsTest(unittest.TestCase):
         def client():
             conn = http.client.HTTPConnection(*server.bind_addr, timeout=10)
             answers = []
-            for _ in range(20):
+            for _ in range(requests):
                 conn.request('GET', '/compute?0.001')
                 answers.append(conn.getresponse().read())
             conn.close()
             return answers
 
         with mock.patch.object(server, 'process_conn', counting):
-            with concurrent.futures.ThreadPoolExecutor(20) as pool:
-                results = [f.result() for f in [pool.submit(client) for _ in range(20)]]
-        self.assertEqual(results, [[b'ok'] * 20] * 20)
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                results = [f.result() for f in [pool.submit(client) for _ in range(clients)]]
+        self.assertEqual(results, [[b'ok'] * requests] * clients)
+        return handed_out_by
+
+    def test_under_load_the_workers_hand_out_ready_connections(self):
+        server = serve_in_thread(self.compute_app, threads=4)
+        self.addCleanup(server.stop)
+        handed_out_by = self.load(server)
         # The selector thread hands out when the workers run dry; here they seldom do.
         # Without the workers' look, every one of the 400 comes from the selector thread.
         self.assertGreater(handed_out_by[True], handed_out_by[False], handed_out_by)
+
+    def test_with_cheroots_own_queue_the_selector_thread_hands_out_alone(self):
+        """What is left when PacedQueue is removed (README, "Remove what you do not need"):
+        cheroot's queue and cheroot's selector loop, which hands out every connection."""
+        with mock.patch.object(production, 'PacedQueue', lambda threads: queue.Queue()):
+            server = serve_in_thread(self.compute_app, threads=4)
+        self.addCleanup(server.stop)
+        self.assertIsInstance(server.requests._queue, queue.Queue)
+        handed_out_by = self.load(server, clients=5, requests=10)
+        self.assertEqual(handed_out_by[True], 0)
+        self.assertGreaterEqual(handed_out_by[False], 50)  # each request, and each close
 
     def test_a_lone_client_is_answered_at_once_request_after_request(self):
         """The worker that runs dry wakes the selector thread itself, at once: without
