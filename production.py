@@ -431,10 +431,10 @@ class PacedQueue:
             if waiter is None:
                 waiter = self._local.waiter = _Waiter()
             self._busy.discard(waiter)
-            if self._items and (self._may_run() or self._items[0] is _STOP_WORKER):
+            if self._items and (self.has_room() or self._items[0] is _STOP_WORKER):
                 return self._take(waiter, self._items.popleft())  # no sleep, no switch
             self._idle.append(waiter)
-            room = self._may_run()
+            room = self.has_room()
         if room:  # this thread stops looking between requests: the selector thread looks
             self.on_room()
         waiter.wake.acquire()  # sleeps until _hand_out() gives this thread an item
@@ -447,10 +447,8 @@ class PacedQueue:
         """Set by IdleConnections: called when has_room() may have turned true."""
 
     def has_room(self):
-        """Whether a request handed out now would start at once (read without the lock)."""
-        return self._may_run()
-
-    def _may_run(self):
+        """Whether a request handed out now would start at once (IdleConnections reads it
+        without the lock)."""
         return len(self._busy) - self._stalled < self.active
 
     def _take(self, waiter, item):
@@ -462,7 +460,7 @@ class PacedQueue:
     def _hand_out(self):
         """Wake sleeping threads for waiting items, as far as `active` allows (lock held)."""
         items = self._items
-        while items and self._idle and (self._may_run() or items[0] is _STOP_WORKER):
+        while items and self._idle and (self.has_room() or items[0] is _STOP_WORKER):
             waiter = self._idle.pop()
             waiter.item = self._take(waiter, items.popleft())
             waiter.wake.release()
@@ -488,7 +486,7 @@ class PacedQueue:
             elif used >= self.FULL_CPU and self.active > 1:
                 self.active -= 1  # the extra thread goes idle when it finishes
             self._hand_out()
-            room = self._may_run()
+            room = self.has_room()
         if room:  # a thread stalled or `active` grew: the selector thread looks
             self.on_room()
 
