@@ -24,11 +24,9 @@ COPY requirements.txt ./
 # No pip cache in the image: it would only make the image bigger.
 RUN python -m pip install --no-cache-dir -r requirements.txt
 
-# The app and its tests, so the image can test itself: every top-level module (run.py, test.py, ...),
-# the config, the test runner and coverage's settings.
-COPY *.py prod.conf testing.sh .coveragerc ./
-# The landing page's logo and stylesheet.
-COPY static/ static/
+# The whole project, less what .dockerignore keeps out: your code and folders, the server's
+# package (server/), static files and the tests, so the image can test itself.
+COPY . .
 
 # Everything from here on, and the server itself, runs as that user, never as root.
 USER 10001

@@ -12,11 +12,7 @@ import os
 
 import cherrypy
 
-import dashboard
-import probes
-import production
-import settings
-import workers
+from server import dashboard, probes, production, settings, workers  # the machinery: server/README.md
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Server settings and static content live in prod.conf; environment variables override it.

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run test.py under coverage and print the report.
+# Run the tests under coverage and print the report:
+#   ./testing.sh          the site's tests (test.py), then the server's own (server/tests/)
+#   ./testing.sh --site   test.py only: the quick check ./run.sh makes before each start
 # Exits non-zero if a test fails or if coverage of run.py falls under 90%.
 # Works in the container image (dependencies installed there) and on a fresh machine,
 # where it first creates .venv from requirements.txt.
@@ -30,9 +32,15 @@ if ! has_pinned_requirements "$python"; then
   python=.venv/bin/python
 fi
 
+suites=(site server)
+if [ "${1:-}" = --site ]; then suites=(site); shift; fi
+
 "$python" -m coverage erase
 status=0
 "$python" -m coverage run test.py "$@" || status=$?
+if [ "${#suites[@]}" -gt 1 ]; then
+  "$python" -m coverage run -m server.tests "$@" || status=$?
+fi
 "$python" -m coverage combine --quiet
 "$python" -m coverage report -m
 if [ "$status" -ne 0 ]; then

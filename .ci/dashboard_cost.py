@@ -31,7 +31,7 @@ ROUNDS = int(os.environ.get('ROUNDS', 3))
 WRK = ['wrk', '-t2', '-c50', '-d5s']
 VARIANTS = {
     'A counters on': 'import run; run.main()',
-    'B counters off': 'import dashboard, run; dashboard.install = lambda *a: None; run.main()',
+    'B counters off': 'import run; from server import dashboard; dashboard.install = lambda *a: None; run.main()',
     'C counters + server.statistics': ('import cherrypy, run; cherrypy.server.statistics = True; '
                                        'run.main()'),
 }

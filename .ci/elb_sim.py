@@ -30,7 +30,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import settings  # noqa: E402  (only for the names of the server's environment variables)
+from server import settings  # noqa: E402  (only for the names of the server's environment variables)
 
 HOST = '127.0.0.1'
 THREAD_POOL = 100             # as shipped in prod.conf
@@ -49,7 +49,8 @@ YAY = b'Yay<br />\n'
 # The server as a user runs it, plus two test-only pages: a slow one (as SLOW_SERVER in
 # test.py) and, on the admin port, the main pool's idle workers and queue length.
 SERVER = """
-import time, cherrypy, probes, run
+import time, cherrypy, run
+from server import probes
 run.Landing.slow = cherrypy.expose(lambda self, s='1': time.sleep(float(s)) or 'done')
 pool = lambda: cherrypy.server.httpserver.requests
 probes.AdminRoot.pool = cherrypy.expose(lambda self: f'{pool().idle} {pool().qsize}')

@@ -17,7 +17,7 @@ from cherrypy_2017 import Landing  # the same site; only the configuration diffe
 from content import LOGO_PATH, ROOT
 
 sys.path.insert(0, ROOT)
-import production  # noqa: E402  (the template's server, imported from the project root)
+from server import production  # noqa: E402  (the template's server, imported from the project root)
 
 
 if __name__ == "__main__":

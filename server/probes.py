@@ -26,7 +26,7 @@ import time
 import cherrypy
 from cherrypy.process import servers
 
-import production
+from . import production
 
 STARTING, READY, DRAINING, STOPPED = 'starting', 'ready', 'draining', 'stopped'
 ADMIN_THREADS = 4       # probes take about a millisecond; 4 threads serve thousands a second

@@ -30,9 +30,9 @@ import cherrypy
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-import production
+from . import production
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project folder
 VISIT_PATHS = ('/', '/index')  # the landing page; add a page here to count its views as visits
 RESERVOIR = 1000               # response-time percentiles cover the last 1000 requests
 MIN_TOKEN_LENGTH = 16          # a short token can be guessed

@@ -18,7 +18,7 @@ import sys
 
 import cherrypy
 
-import probes
+from . import probes
 
 
 def share_ports():
