@@ -28,6 +28,8 @@ from content import HEALTH_BODY  # noqa: E402  (the apps folder is on the path o
 PATHS = ["/", "/healthcheck", "/logo.png"]
 REFERENCE, CEILING = "2017", "uvicorn-asgi"
 OPT_IN = ["template-2w", "cherrypy-floor"]  # run only when named in --servers
+# Shown side by side, but not among the issue's targets for the template (they came later).
+COMPARED_ONLY = ["flask-granian", "fastapi-uvicorn"]
 # gunicorn's gthread worker gets as many threads as the template's pool (THREAD_POOL=100), so both
 # can hold the same number of slow requests at once: the property the template keeps its pool for.
 GTHREADS = 100
@@ -47,7 +49,11 @@ NOTES = """\
   answer is at `/healthcheck/` (the bare path answers 301). http.server: `ThreadingHTTPServer` with
   `BaseHTTPRequestHandler` defaults (HTTP/1.0, backlog 5). flask-dev: `flask run`. gunicorn: 1 worker,
   sync, or gthread with %d threads (the template's pool size). waitress: `waitress-serve` defaults
-  (4 threads). uvicorn-asgi: httptools + uvloop, no access log, no framework. cherrypy-floor (opt-in):
+  (4 threads). flask-granian: the same Flask app under `granian --interface wsgi`, 1 worker, granian's
+  defaults (1 Rust runtime thread, 512 blocking threads for Python, no access log). fastapi-uvicorn: a
+  FastAPI app (`async def` handlers) under `uvicorn --workers 1`, uvicorn's defaults: httptools + uvloop
+  (picked when installed, as by `uvicorn[standard]`), access log on like the template's. These two are
+  shown, not targets. uvicorn-asgi: httptools + uvloop, no access log, no framework. cherrypy-floor (opt-in):
   the template's server with no per-request extras (no access log, headers, gzip, encode), the least
   any CherryPy configuration costs here.""" % GTHREADS
 
@@ -77,6 +83,12 @@ def server_specs(port):
         "gunicorn-gthread": dict(cmd=venv("gunicorn", "--workers", "1", "--worker-class", "gthread",
                                           "--threads", str(GTHREADS), "--bind", listen, flask_app)),
         "waitress": dict(cmd=venv("waitress-serve", "--listen=" + listen, flask_app)),
+        # The same Flask app on granian's Rust HTTP server; its defaults give 512 threads for Python.
+        "flask-granian": dict(cmd=venv("granian", "--interface", "wsgi", "--workers", "1",
+                                       "--host", "127.0.0.1", "--port", str(port), flask_app)),
+        # FastAPI as its docs deploy it: uvicorn's defaults, so httptools, uvloop and the access log.
+        "fastapi-uvicorn": dict(cmd=venv("uvicorn", "--workers", "1", "--host", "127.0.0.1",
+                                         "--port", str(port), "fastapi_app:app")),
         # The ceiling: uvicorn at its fastest (httptools + uvloop, no access log) and no framework.
         CEILING: dict(cmd=venv("uvicorn", "--host", "127.0.0.1", "--port", str(port),
                                "--no-access-log", "--log-level", "warning", "asgi_app:app")),
@@ -302,7 +314,8 @@ def targets(args, results):
         errs = sum(max(r["connect"] + r["read"] + r["write"] + r["timeout"] for r in get("template", p, conns))
                    for p in args.paths)
         say(errs == 0, "no socket errors or timeouts at %d connections: %d" % (conns, errs))
-    peers = [n for n in args.servers if n not in ["template", CEILING] + OPT_IN]  # opt-in rows are ours
+    # Opt-in rows are ours; COMPARED_ONLY rows are for reading side by side.
+    peers = [n for n in args.servers if n not in ["template", CEILING] + OPT_IN + COMPARED_ONLY]
     for path in args.paths:
         for conns in args.conns:
             mine = median(get("template", path, conns), "rps")

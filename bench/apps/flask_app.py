@@ -1,4 +1,4 @@
-"""One Flask app for every WSGI peer (Flask dev server, gunicorn sync and gthread, waitress)."""
+"""One Flask app for every WSGI peer (Flask dev server, gunicorn sync and gthread, waitress, granian)."""
 import os
 
 from flask import Flask, send_from_directory
