@@ -121,7 +121,7 @@ def error_line(msg, context, severity, exc_info):
         record['traceback'] = _cperror.format_exc(exc_info).rstrip('\n')
         if not msg:  # CherryPy logs a handler's exception with no message: name it
             record['message'] = record['traceback'].rsplit('\n', 1)[-1]
-    return json.dumps(record)
+    return json.dumps(record, separators=(',', ':'))  # compact, like the access lines
 
 
 def error(log, msg='', context='', severity=logging.INFO, traceback=False):
@@ -161,4 +161,5 @@ def install(app, config):
     except ValueError as problem:  # as settings.py does: one line, exit 2
         print(f'Bad setting: ops.log_format: {problem}', file=sys.stderr)
         raise SystemExit(2) from None
-    app.merge({'/': {'tools.request_id.on': True}})
+    # On unless prod.conf's [/] turns it off.
+    app.config.setdefault('/', {}).setdefault('tools.request_id.on', True)

@@ -199,6 +199,14 @@ class SettingTest(unittest.TestCase):
         logs.install(cherrypy.Application(None), {})
         self.assertFalse(logs.json_lines)
 
+    def test_ids_can_be_turned_off_in_prod_conf(self):
+        off, default = cherrypy.Application(None), cherrypy.Application(None)
+        off.merge({'/': {'tools.request_id.on': False}})
+        for app in (off, default):
+            logs.install(app, {})
+        self.assertEqual([off.config['/']['tools.request_id.on'],
+                          default.config['/']['tools.request_id.on']], [False, True])
+
     def test_the_server_writes_json_on_stdout_and_stderr(self):
         proc, port, _ = start_server({'LOG_FORMAT': 'json'})
         try:
