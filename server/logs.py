@@ -39,7 +39,7 @@ def new_id():
 class RequestIdTool(cherrypy.Tool):
     """tools.request_id: the id is set in _setup, which CherryPy runs once per request as
     the request reaches the app, before any hook: errors raised from the first hook on
-    (404, 405, 413, 500) still see it, and no hook is attached (cheaper)."""
+    (404, 405, 500) still see it, and no hook is attached (cheaper)."""
 
     def __init__(self):
         super().__init__('on_start_resource', self._setup)
@@ -104,7 +104,7 @@ def access_line(request, response):
         _string(request.remote.name or request.remote.ip or '-'),
         'null' if agent is None else _string(agent),
         'null' if referer is None else _string(referer),
-        'null' if request_id is None else '"%s"' % request_id)  # VALID_ID: nothing to escape
+        'null' if request_id is None else _string(request_id))  # a handler may have set it
 
 
 def error_line(msg, context, severity, exc_info):
