@@ -37,6 +37,8 @@ import cherrypy
 from cherrypy import _cplogging, _cpnative_server, _cpwsgi_server
 from cherrypy.lib import cptools, httputil
 
+from . import logs
+
 HEALTH_PATH = '/healthcheck'
 _STOP_WORKER = threadpool._SHUTDOWNREQUEST  # what cheroot queues to end a worker thread
 
@@ -52,8 +54,9 @@ def error_page(status, message, traceback, version):
 
 
 class AccessLog(_cplogging.LogManager):
-    """CherryPy's access log (Apache combined format), without health probes, written in
-    batches by one background thread.
+    """CherryPy's access log (Apache combined format, or JSON: logs.py), without health
+    probes, written in batches by one background thread. Its error lines name the request
+    (logs.error).
 
     Workers only format a line and append it. Through `logging` directly, 100 workers fought
     for its handler lock and walked the stack for every line: 20% of the server's time under
@@ -83,6 +86,9 @@ class AccessLog(_cplogging.LogManager):
         if not self.log_health_checks and request.path_info.startswith(HEALTH_PATH):
             return
         response = cherrypy.serving.response
+        if logs.json_lines:
+            self.lines.append(logs.access_line(request, response))
+            return
         status = (response.output_status or b'-').split(b' ', 1)[0].decode('ascii', 'replace')
         # CherryPy stores header names title-cased: dict.get skips its per-lookup
         # key.title(), which made these three lookups a third of this method.
@@ -100,6 +106,8 @@ class AccessLog(_cplogging.LogManager):
         if stamp[0] != second:
             stamp = self._stamp = (second, super().time())
         return stamp[1]
+
+    error = logs.error
 
     def _write(self):
         while True:
@@ -632,6 +640,7 @@ def configure_app(app, config):
     app.merge({'/': site_config(config)})
     app.log = AccessLog(id(app), cherrypy.log.logger_root)
     app.log.log_health_checks = config['ops.log_health_checks']
+    logs.install(app, config)  # request ids; LOG_FORMAT
     cherrypy.engine.subscribe('start', app.log.start_writer)
     cherrypy.engine.subscribe('exit', app.log.flush)  # no line lost at exit
 

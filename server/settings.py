@@ -44,6 +44,14 @@ def _switch(text):
     raise SettingError('must be 1/0, true/false, yes/no or on/off')
 
 
+def _one_of(*choices):
+    def parse(text):
+        if text.strip().lower() not in choices:
+            raise SettingError('must be ' + ' or '.join(choices))
+        return text.strip().lower()
+    return parse
+
+
 def _host(text):
     if not text.strip() or any(c.isspace() for c in text):
         raise SettingError('must be an address or host name such as 0.0.0.0 or 127.0.0.1')
@@ -65,6 +73,7 @@ VARIABLES = {
     'KEEP_ALIVE_TIMEOUT': ('ops.keep_alive_timeout', _number(1, 3600)),
     'KEEP_ALIVE_LIMIT': ('ops.keep_alive_limit', _number(0, 100000)),
     'LOG_HEALTH_CHECKS': ('ops.log_health_checks', _switch),
+    'LOG_FORMAT': ('ops.log_format', _one_of('combined', 'json')),
     'ADMIN_PORT': ('ops.admin_port', _number(0, 65535)),
     'DRAIN_SECONDS': ('ops.drain_seconds', _number(0, 3600)),
     'TRUST_PROXY': ('ops.trust_proxy', _switch),

@@ -1,0 +1,224 @@
+"""Tests of request ids and JSON logs (server/logs.py): a real server on free loopback ports,
+started in this process; one test runs `python run.py` with LOG_FORMAT=json."""
+import io
+import json
+import re
+import signal
+import unittest
+
+import cherrypy
+import mock
+
+from server import logs, probes, settings, testing
+from server.testing import CaptureLog, flush_access_log, free_ports, raw, request, start_server, stop
+
+PORT, ADMIN_PORT = free_ports(2)
+FRESH = re.compile(r'[0-9a-f]{32}')  # an id the server made
+ISO_UTC = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z')
+
+
+class Handlers:
+    """Test-only handlers under /logtest."""
+
+    @cherrypy.expose
+    def echo(self, **params):
+        return 'echo\n'
+
+    @cherrypy.expose
+    def my_id(self):  # what a handler passes on to an upstream call
+        return cherrypy.request.request_id
+
+    @cherrypy.expose
+    def say(self):
+        cherrypy.log('hello from a handler', 'APP')
+        return 'said\n'
+
+    @cherrypy.expose
+    def boom(self):
+        raise RuntimeError('boom in a handler')
+
+
+def setUpModule():
+    testing.start_site(4, mount={'/logtest': Handlers()}, ports=(PORT, ADMIN_PORT))
+
+
+def tearDownModule():
+    testing.stop_site()
+    probes.lifecycle.admin.unsubscribe()  # the next module's site must not restart this one
+
+
+def get(path, headers=None, port=None):
+    return request('GET', path, headers=headers, port=port)
+
+
+class JsonTest(unittest.TestCase):
+    """LOG_FORMAT=json, switched on for the running server."""
+
+    def setUp(self):
+        logs.use_format('json')
+        self.addCleanup(logs.use_format, 'combined')
+
+    def access_lines(self, *requests):
+        flush_access_log()  # lines queued before the switch
+        with CaptureLog('cherrypy.access') as log:
+            answers = [get(path, headers) for path, headers in requests]
+            flush_access_log()
+        return [json.loads(line) for line in log.lines], answers
+
+    def test_access_line_is_one_json_object_with_every_field(self):
+        agent = 'tester "quoted" \\ \x01 caf\xe9'
+        (line,), [(status, headers, body)] = self.access_lines(
+            ('/logtest/echo?q=1', {'User-Agent': agent, 'X-Request-ID': 'abc-123'}))
+        self.assertRegex(line.pop('time'), ISO_UTC)
+        self.assertGreaterEqual(line.pop('duration_ms'), 0)
+        self.assertEqual(line, {
+            'level': 'INFO', 'log': 'access', 'method': 'GET', 'path': '/logtest/echo?q=1',
+            'status': 200, 'bytes': len(body), 'client': '127.0.0.1', 'user_agent': agent,
+            'referer': None, 'request_id': 'abc-123'})
+
+    def test_probes_stay_out(self):
+        lines, _ = self.access_lines(('/healthcheck', None), ('/healthcheck/live', None),
+                                     ('/logtest/echo', None))
+        self.assertEqual([line['path'] for line in lines], ['/logtest/echo'])
+
+    def test_a_500_logs_its_traceback_as_one_field_with_the_request_id(self):
+        with CaptureLog('cherrypy.error') as log:
+            status, headers, _ = get('/logtest/boom')
+        self.assertEqual(status, 500)
+        records = [json.loads(line) for line in log.lines]  # a raw traceback line would fail
+        (error,) = [r for r in records if 'traceback' in r]
+        self.assertEqual(error['level'], 'ERROR')
+        self.assertEqual(error['message'], 'RuntimeError: boom in a handler')
+        self.assertIn('Traceback (most recent call last):\n', error['traceback'])
+        self.assertEqual(error['request_id'], headers['X-Request-ID'])
+        self.assertEqual((error['method'], error['path']), ('GET', '/logtest/boom'))
+
+    def test_cherrypy_log_in_a_handler_names_the_request(self):
+        with CaptureLog('cherrypy.error') as log:
+            _, headers, _ = get('/logtest/say')
+            cherrypy.log.error('outside any request', 'TEST')
+        said, outside = [json.loads(line) for line in log.lines]
+        self.assertEqual((said['message'], said['context'], said['level']),
+                         ('hello from a handler', 'APP', 'INFO'))
+        self.assertEqual(said['request_id'], headers['X-Request-ID'])
+        self.assertEqual(outside['message'], 'outside any request')
+        self.assertNotIn('request_id', outside)
+
+    def test_a_bad_id_is_never_logged(self):
+        evil = 'evil"id\\with\x01'
+        with CaptureLog('cherrypy.access') as access, CaptureLog('cherrypy.error') as errors:
+            _, headers, _ = get('/logtest/boom', {'X-Request-ID': evil})
+            flush_access_log()
+        self.assertRegex(headers['X-Request-ID'], FRESH)
+        for line in access.lines + errors.lines:
+            self.assertNotIn('evil', line)
+
+
+class RequestIdTest(unittest.TestCase):
+
+    def test_a_valid_id_is_kept_and_echoed(self):
+        for given in ('abc-123', 'a' * 128, 'Root=1-67891233-abcdef012345678912345678;Sampled=1'):
+            status, headers, body = get('/logtest/my_id', {'X-Request-ID': given})
+            self.assertEqual((headers['X-Request-ID'], body.decode()), (given, given))
+
+    def test_the_albs_trace_id_when_there_is_no_request_id(self):
+        trace = 'Root=1-67891233-abcdef012345678912345678'
+        self.assertEqual(get('/logtest/my_id', {'X-Amzn-Trace-Id': trace})[1]['X-Request-ID'], trace)
+        both = {'X-Request-ID': 'mine', 'X-Amzn-Trace-Id': trace}
+        self.assertEqual(get('/logtest/my_id', both)[1]['X-Request-ID'], 'mine')
+
+    def test_a_fresh_id_without_one(self):
+        first, second = (get('/logtest/my_id') for _ in range(2))
+        for _, headers, body in (first, second):
+            self.assertRegex(headers['X-Request-ID'], FRESH)
+            self.assertEqual(body.decode(), headers['X-Request-ID'])
+        self.assertNotEqual(first[2], second[2])
+
+    def test_bad_ids_are_replaced(self):
+        for bad in ('a' * 129, 'two words', 'quote"d', 'caf\xe9', 'nul\x00', 'tab\there', ''):
+            headers = get('/logtest/my_id', {'X-Request-ID': bad})[1]
+            self.assertRegex(headers['X-Request-ID'], FRESH, repr(bad))
+
+    def test_no_cr_lf_gets_through(self):
+        # cheroot keeps one line of a folded header; a CR alone is no line end to it.
+        for value in (b'a\r\n b', b'a\rb'):
+            answer = raw(b'GET /logtest/my_id HTTP/1.1\r\nHost: x\r\nX-Request-ID: ' + value +
+                         b'\r\nConnection: close\r\n\r\n', port=PORT)
+            head, _, body = answer.partition(b'\r\n\r\n')
+            (given,) = re.findall(rb'\r\nX-Request-Id: ([^\r\n]*)\r\n', head)
+            self.assertTrue(logs.VALID_ID(given.decode()), answer)
+            self.assertEqual(given, body)
+
+    def test_errors_answer_with_the_id_too(self):
+        for path, code in (('/no/such/page', 404), ('/logtest/boom', 500)):
+            status, headers, _ = get(path, {'X-Request-ID': f'id-{code}'})
+            self.assertEqual((status, headers['X-Request-ID']), (code, f'id-{code}'))
+        status, headers, _ = request('POST', '/', headers={'X-Request-ID': 'id-405'})
+        self.assertEqual((status, headers['X-Request-ID']), (405, 'id-405'))
+
+    def test_admin_pages_have_ids(self):
+        status, headers, _ = get('/no/such/page', {'X-Request-ID': 'admin-1'}, port=ADMIN_PORT)
+        self.assertEqual((status, headers['X-Request-ID']), (404, 'admin-1'))
+
+    def test_the_error_log_line_of_a_failing_request_names_it(self):
+        with CaptureLog('cherrypy.error') as log:
+            get('/logtest/boom', {'X-Request-ID': 'failing-1'})
+        first = next(i for i, line in enumerate(log.lines) if 'request_id=failing-1' in line)
+        self.assertRegex(log.lines[first], r'^\[.+\] HTTP request_id=failing-1 ')
+        self.assertIn('RuntimeError: boom in a handler', log.lines[first:])
+
+
+class CombinedTest(unittest.TestCase):
+
+    def test_the_combined_line_is_unchanged_with_an_id(self):
+        with CaptureLog('cherrypy.access') as log:
+            get('/logtest/echo?q=1', {'User-Agent': 'tester', 'X-Request-ID': 'abc-123'})
+            flush_access_log()
+        self.assertEqual(len(log.lines), 1, log.lines)
+        self.assertRegex(log.lines[0], r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\] '
+                                       r'"GET /logtest/echo\?q=1 HTTP/1.1" 200 5 "" "tester"$')
+
+
+class SettingTest(unittest.TestCase):
+
+    def test_log_format_variable(self):
+        self.assertEqual(settings.read_environment({'LOG_FORMAT': ' JSON '}), {'LOG_FORMAT': 'json'})
+        with self.assertRaisesRegex(settings.SettingError, "LOG_FORMAT='xml': must be combined or json"):
+            settings.read_environment({'LOG_FORMAT': 'xml'})
+
+    def test_a_bad_format_in_prod_conf_exits_2(self):
+        with self.assertRaises(SystemExit) as exit, \
+                mock.patch('sys.stderr', new_callable=io.StringIO) as stderr:
+            logs.install(cherrypy.Application(None), {'ops.log_format': 'xml'})
+        self.assertEqual(exit.exception.code, 2)
+        self.assertEqual(stderr.getvalue(), "Bad setting: ops.log_format: log format must be one "
+                                            "of combined, json, not 'xml'\n")
+
+    def test_a_prod_conf_without_the_setting_logs_combined(self):
+        logs.use_format('json')
+        logs.install(cherrypy.Application(None), {})
+        self.assertFalse(logs.json_lines)
+
+    def test_ids_can_be_turned_off_in_prod_conf(self):
+        off, default = cherrypy.Application(None), cherrypy.Application(None)
+        off.merge({'/': {'tools.request_id.on': False}})
+        for app in (off, default):
+            logs.install(app, {})
+        self.assertEqual([off.config['/']['tools.request_id.on'],
+                          default.config['/']['tools.request_id.on']], [False, True])
+
+    def test_the_server_writes_json_on_stdout_and_stderr(self):
+        proc, port, _ = start_server({'LOG_FORMAT': 'json'})
+        try:
+            get('/', {'X-Request-ID': 'from-run-py'}, port=port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = stop(proc)
+        access = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+        self.assertEqual([(a['path'], a['request_id']) for a in access], [('/', 'from-run-py')])
+        errors = [json.loads(line) for line in err.splitlines()]  # every line: JSON
+        self.assertIn('ENGINE', {e['context'] for e in errors})
+
+
+if __name__ == '__main__':
+    testing.main()
