@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hostile-client check (issue 13): framing, smuggling, slow clients, nofile 1,024, log floods,
 # tried from the attacker's side against the real server (`python run.py`) on loopback.
-# Usage: bash .ci/hostile.sh [hostile.py options]   (from anywhere: it checks the checkout it is in)
+# Usage: bash .ci/hostile.sh [--only framing,smuggling,...] [--repo OTHER_CHECKOUT]
+#        (from anywhere: it checks the checkout it is in unless --repo names another)
 # Bounded: the whole run, venv included, stops within 5 minutes; at most 2,000 client connections
 # open at once, loopback only. Prints tables and "N passed, N failed"; non-zero on any failure.
 set -euo pipefail
