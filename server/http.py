@@ -104,9 +104,9 @@ def expects_continue(head):
     return b'100-continue' in _fields(head.lower(), b'expect')
 
 
-def check_head(head):
+def check_head(head, require_host=True):
     """None if `head` (request line to the empty line, CRLFs included) is one a strict
-    server accepts; else Reject's (status, reason)."""
+    server accepts; else Reject's (status, reason). require_host: HTTP/1.1 needs a Host."""
     match = _HEAD.fullmatch(head)
     if match is None:
         return '400 Bad Request', _explain(head)
@@ -115,7 +115,7 @@ def check_head(head):
     hosts = len(_fields(lower, b'host'))
     if hosts > 1:
         return '400 Bad Request', 'More than one Host header.'
-    if hosts == 0 and version >= (1, 1):
+    if hosts == 0 and version >= (1, 1) and require_host:
         return '400 Bad Request', 'HTTP/1.1 requires a Host header.'
     lengths = _fields(lower, b'content-length')
     if len(lengths) > 1:

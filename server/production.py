@@ -290,6 +290,12 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         except OSError:
             data = b''
         if not data:  # the client closed (or reset) the connection
+            if conn.pending and conn.head is None and not conn.lingering:
+                # Half a head, then the end: cheroot answers it (400), as it would have
+                # when it read the socket itself.
+                conn.close_after = True
+                self._hand_out(conn, fd, conn.pending)
+                return
             self._drop(fd, conn)
             return
         if conn.lingering:
@@ -321,12 +327,15 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             return
         pending = conn.pending
         if end is STREAM:  # a body larger than the server buffers: the worker reads the rest
-            request, conn.pending = pending, b''
-            conn.rfile = _StreamingReader(request, conn.socket)
             conn.close_after = True
+            self._hand_out(conn, fd, pending, _StreamingReader(pending, conn.socket))
         else:
-            request, conn.pending = pending[:end], pending[end:]
-            conn.rfile = _RequestReader(request)
+            self._hand_out(conn, fd, pending[:end])
+
+    def _hand_out(self, conn, fd, request, reader=None):
+        """Give a worker conn with `request`, the start of conn.pending, to read."""
+        conn.rfile = reader or _RequestReader(request)
+        conn.pending = conn.pending[len(request):]
         self._hold(-len(request))
         conn.head = None
         if fd is not None:
@@ -500,7 +509,8 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         """Close idle connections after ops.keep_alive_timeout; answer 408 to those whose
         request did not arrive in time; close rejected ones after their linger."""
         self.server.last_loop = time.monotonic()
-        now, idle_since = time.monotonic(), time.time() - self.server.keep_alive_timeout
+        server = self.server
+        now, idle_since = time.monotonic(), time.time() - (server.keep_alive_timeout or server.timeout)
         for fd, conn in list(self._selector.connections):
             if conn is self.server:
                 continue
@@ -702,8 +712,8 @@ class _SocketWriter:
         self.held = None
 
 
-class _Request(_cpwsgi_server.CPWSGIHTTPRequest):
-    """cheroot's request (in CherryPy's URL mode), with:
+class _Request(cheroot.server.HTTPRequest):
+    """cheroot's request, with:
 
     - the strict checks of server/http.py on the head, for what cheroot lets through
       (where cheroot refuses a request itself, its own answer stands);
@@ -723,7 +733,7 @@ class _Request(_cpwsgi_server.CPWSGIHTTPRequest):
         if conn.continue_sent:  # the selector said "100 Continue" already: not twice
             self.header_reader = _NO_EXPECT
         head = reader.data[:http.head_end(reader.data, len(reader.data)) or len(reader.data)]
-        problem = http.check_head(head)
+        problem = http.check_head(head, self.server.require_host)
         if problem is None:
             return super().parse_request()
         try:  # cheroot's own answer where it refuses the request too (its tests read them)
@@ -757,6 +767,10 @@ class _Request(_cpwsgi_server.CPWSGIHTTPRequest):
                 wfile.hold_next = False
                 if wfile.held is not None:  # an answer without a body: HEAD, 304, 204
                     wfile.flush()
+
+
+class _CherryPyRequest(_Request, _cpwsgi_server.CPWSGIHTTPRequest):
+    """_Request in CherryPy's URL mode (absolute URIs allowed, as CherryPy's server does)."""
 
 
 class _NoExpectHeaderReader(cheroot.server.HeaderReader):
@@ -793,6 +807,12 @@ class TunedConnection(cheroot.server.HTTPConnection):
         plain = makefile is cheroot.makefile.MakeFile
         super().__init__(server, sock, _plain_files if plain else makefile)
         self.pending = b'' if plain else None
+
+
+class _CherryPyConnection(TunedConnection):
+    """The connection of CherryPy's servers (main and admin): CherryPy's URL mode."""
+
+    RequestHandlerClass = _CherryPyRequest
 
 
 def _plain_files(sock, mode, bufsize=None):
@@ -949,6 +969,8 @@ class TunedServer:
     site_headers = ()  # (lower-case name, (name, value)), as bytes; see _SiteHeadersRequest
 
     client_errors = None  # ClientErrors, made by prepare()
+    require_host = False  # HTTP/1.1 without Host: 400 (CherryPy's servers; cheroot does not)
+    keep_alive_timeout = None  # set by tune(); None: server.socket_timeout, as cheroot
 
     def tune(self, keep_alive_timeout, keep_alive_limit, site_headers=None):
         self.site_headers = [(name.lower().encode(), (name.encode(), value.encode()))
@@ -996,17 +1018,23 @@ class TunedServer:
 class Server(TunedServer, _cpwsgi_server.CPWSGIServer):
     """CherryPy's server (cherrypy.server) with the template's connection handling."""
 
+    ConnectionClass = _CherryPyConnection
+    require_host = True  # CherryPy answers 400 too, but with its default error page
+
     def __init__(self, server_adapter):
         super().__init__(server_adapter)
-        # CPWSGIServer has just set TunedConnection's request class to its own; ours extends it.
+        # CPWSGIServer has just set our connection's request class to its own; ours extends it.
         # Requests reach CherryPy through WSGI, as with stock CherryPy: its native gateway
         # saved 16% of a request but broke InternalRedirect, tree.graft, errors in streamed
         # answers and Content-Length checks.
-        TunedConnection.RequestHandlerClass = _Request
+        _CherryPyConnection.RequestHandlerClass = _CherryPyRequest
 
 
 class AdminServer(TunedServer, cheroot.wsgi.Server):
     """A plain cheroot WSGI server for the admin listener, tuned the same way."""
+
+    ConnectionClass = _CherryPyConnection
+    require_host = True
 
 
 def http_date(timeval=None):

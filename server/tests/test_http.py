@@ -60,6 +60,11 @@ class CheckHeadTest(unittest.TestCase):
             self.assertEqual(status, '400 Bad Request', head)
             self.assertIn(why, reason, head)
 
+    def test_host_is_required_only_where_asked(self):
+        self.assertIsNone(http.check_head(b'GET / HTTP/1.1\r\n\r\n', require_host=False))
+        self.assertIsNotNone(http.check_head(b'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n',
+                                             require_host=False))
+
     def test_unknown_codings_get_501(self):
         for coding in (b'foo', b'gzip, chunked', b'chunked, foo'):
             head = b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ' + coding + b'\r\n\r\n'
@@ -233,6 +238,13 @@ class RawSocketTest(unittest.TestCase):
                 answer += chunk
         self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
         self.assertTrue(answer.endswith(b'POST /e abc'), answer)
+
+    def test_half_a_head_then_the_end_is_answered_by_cheroot(self):
+        with socket.create_connection(self.address, timeout=5) as client:
+            client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n')
+            client.shutdown(socket.SHUT_WR)
+            answer = client.recv(4096)
+        self.assertTrue(answer.startswith(b'HTTP/1.1 400 '), answer)
 
     def test_a_silent_connection_gets_408_at_socket_timeout(self):
         started = time.monotonic()
