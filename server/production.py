@@ -483,7 +483,10 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         """A worker is done with conn and keeps it open: wait for its next request."""
         conn.last_used = time.time()
         if conn.pending is None:  # TLS: cheroot's way
-            self._register(conn)
+            if conn.rfile.has_data():  # decrypted already: the selector would not see it
+                self.server.process_conn(conn)
+            else:
+                self._register(conn)
             return
         conn.close_after = conn.continue_sent = False
         if conn.pending:  # pipelined: the next request is (partly) here already
@@ -680,18 +683,30 @@ class _StreamingReader(_RequestReader):
 
 
 class _SocketWriter:
-    """conn.wfile: each piece of an answer is sent whole within server.socket_timeout
-    (sendall's deadline; cheroot's writer allowed that per send(), so a client reading a
-    byte every few seconds held a worker without end). The status line and headers wait
-    for the first piece of the body, so a small answer leaves in one send()."""
+    """conn.wfile, bounding how long a client may take to read an answer: each piece within
+    server.socket_timeout (sendall's deadline; cheroot's writer allowed that per send(), so
+    a client reading a byte every few seconds held a worker without end), and the whole
+    answer within socket_timeout plus a second per SEND_RATE bytes of it. The status line
+    and headers wait for the first piece of the body, so a small answer leaves in one send().
+    """
 
-    __slots__ = ('sock', 'bytes_written', 'held', 'hold_next')
+    SEND_RATE = 64 * 1024  # bytes a second a slow reader must average, after socket_timeout
+
+    __slots__ = ('sock', 'bytes_written', 'held', 'hold_next', 'started', 'sent', 'timeout')
 
     def __init__(self, sock):
         self.sock = sock
         self.bytes_written = 0
         self.held = None
-        self.hold_next = False  # set by _Request.send_headers: keep the next write
+        self.hold_next = False  # set by begin(): keep the next write (the headers)
+        self.started = None
+        self.sent = 0
+        self.timeout = None
+
+    def begin(self, timeout):
+        """An answer starts (_Request.send_headers): its status line and headers come next."""
+        self.hold_next = True
+        self.started, self.sent, self.timeout = time.monotonic(), 0, timeout
 
     def write(self, data):
         if self.hold_next:
@@ -700,9 +715,26 @@ class _SocketWriter:
             return len(data)
         if self.held is not None:
             data, self.held = self.held + data, None
+        if self.started is not None and self.timeout:
+            left = self.started + self.timeout + self.sent / self.SEND_RATE - time.monotonic()
+            if left < self.timeout / 2:  # a long answer to a slow reader: its budget runs out
+                self._send_within(data, left)
+                return len(data)
         self.sock.sendall(data)
+        self.sent += len(data)
         self.bytes_written += len(data)
         return len(data)
+
+    def _send_within(self, data, seconds):
+        if seconds <= 0:
+            raise TimeoutError('timed out')  # as sendall says it: cheroot closes quietly
+        self.sock.settimeout(seconds)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.settimeout(self.timeout)
+        self.sent += len(data)
+        self.bytes_written += len(data)
 
     def flush(self):
         if self.held is not None:
@@ -730,6 +762,7 @@ class _Request(cheroot.server.HTTPRequest):
         reader = conn.rfile
         if not isinstance(reader, _RequestReader):
             return super().parse_request()  # TLS: cheroot's own reading
+        conn.wfile.started = None  # no answer under way: no answer's budget applies
         if conn.continue_sent:  # the selector said "100 Continue" already: not twice
             self.header_reader = _NO_EXPECT
         head = reader.data[:http.head_end(reader.data, len(reader.data)) or len(reader.data)]
@@ -755,7 +788,7 @@ class _Request(cheroot.server.HTTPRequest):
                                if name not in own)
         wfile = self.conn.wfile
         if isinstance(wfile, _SocketWriter):
-            wfile.hold_next = True  # cheroot's next write is the status line and headers
+            wfile.begin(self.server.timeout)  # cheroot's next write: status line and headers
         super().send_headers()
 
     def respond(self):

@@ -392,3 +392,43 @@ def _resolve(dotted):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+class SlowReaderTest(unittest.TestCase):
+
+    def test_a_slow_reader_holds_a_worker_for_a_bounded_time(self):
+        """Each piece is taken within socket_timeout, but the whole answer goes at 40 KB/s:
+        the worker gives up once the answer's budget (socket_timeout + size / SEND_RATE)
+        is spent, instead of serving the client for minutes."""
+        piece = b'x' * 16384
+
+        def app(environ, start_response):
+            start_response('200 OK', [('Content-Length', str(len(piece) * 1024))])
+            return (piece for _ in range(1024))  # 16 MiB
+
+        done = threading.Event()
+        communicate = production.TunedConnection.communicate
+
+        def timed(conn):
+            try:
+                return communicate(conn)
+            finally:
+                done.set()
+
+        with mock.patch.object(production.TunedConnection, 'communicate', timed), \
+                mock.patch.object(production._SocketWriter, "SEND_RATE", 2**20):
+            server = serve_in_thread(app, timeout=1)
+            self.addCleanup(server.stop)
+            with socket.create_connection(server.bind_addr) as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+                client.settimeout(0.5)
+                started = time.monotonic()
+                while not done.is_set() and time.monotonic() - started < 20:
+                    try:
+                        client.recv(2048)
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+        self.assertTrue(done.is_set())
+        self.assertLess(time.monotonic() - started, 15)  # without the budget: about 400 s
