@@ -767,18 +767,19 @@ class _Request(cheroot.server.HTTPRequest):
             self.header_reader = _NO_EXPECT
         head = reader.data[:http.head_end(reader.data, len(reader.data)) or len(reader.data)]
         problem = http.check_head(head, self.server.require_host)
-        if problem is None:
-            return super().parse_request()
         try:  # cheroot's own answer where it refuses the request too (its tests read them)
             super().parse_request()
-        except Exception:
-            self.ready = True  # it failed on it (a whitespace-led line): answer below
-        if self.ready:
+        except Exception:  # it failed on it (a whitespace-led line, "http://[::1"): 400
+            self.ready = True
+            problem = problem or ('400 Bad Request', 'Malformed request.')
+        if self.ready and problem is not None:
             self.ready = False
             status, reason = problem
             self.server.client_errors.note(f'{status} for {conn.remote_addr}: {reason}')
             conn.wfile.write(error_response(self.server, status, reason))
-        self.close_connection = True
+            self.close_connection = True
+        elif not self.ready:
+            self.close_connection = True
 
     def send_headers(self):
         if self.conn.close_after:

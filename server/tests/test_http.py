@@ -181,6 +181,9 @@ class RawSocketTest(unittest.TestCase):
         for head in CheckHeadTest.BAD:  # cheroot's own 501 for "chunked, gzip" stands
             self.assertRefused(head + OK, b'501' if b'gzip' in head else b'400')
 
+    def test_what_cheroot_fails_on_gets_400_not_500(self):
+        self.assertRefused(b'GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n', b'400')
+
     def test_an_unknown_transfer_coding_gets_501(self):
         self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n' + OK,
                            b'501')
