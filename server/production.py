@@ -3,26 +3,37 @@
 - Error pages: the status line only; no traceback, file path or version string.
 - Access log: one line per request to stdout, health probes left out, written in
   batches by one thread, without the per-request uuid4 that CherryPy's formatter computes.
-- Connections (cheroot): idle and newly opened connections wait in the selector, not in
-  a worker thread, and a burst of them is accepted at once; idle keep-alive time and count
-  are settable (prod.conf "ops."); nothing sent before a stop is dropped; under load the
-  workers pick up ready connections between requests, so the selector thread sleeps
-  (IdleConnections.look_between_requests); request lines are read from the buffer
-  (_BufferedLineReader).
+- Connections (cheroot): a worker gets a connection only once a whole request has arrived
+  (IdleConnections reads it without blocking, server/http.py checks its framing), so slow
+  or silent clients hold no worker; requests that break RFC 9112 framing or header syntax
+  are refused (400, 413, 431, 501) and the connection closed, and what a handler leaves
+  unread can never be read as the next request (docs/server-hardening.md); a request
+  must arrive within server.socket_timeout (else 408); idle keep-alive time and count are
+  settable (prod.conf "ops."); out of file descriptors, accepting pauses; nothing sent
+  before a stop is dropped; under load the workers pick up ready connections between
+  requests, so the selector thread sleeps (IdleConnections.look_between_requests).
 - Threads (cheroot): the 100-thread pool stays, but requests go to as few threads as keep
   up (PacedQueue), more as soon as handlers block; a small answer leaves in one send().
-- Requests reach CherryPy through its native gateway, not WSGI (_UTF8NativeGateway), and
-  the hardening headers are added as cheroot sends the answer (_SiteHeadersRequest).
+- Requests reach CherryPy through WSGI, as with stock CherryPy, and the hardening headers
+  are added as cheroot sends the answer (_Request).
+- The soft limit on open files is raised to the hard one at start (raise_open_files_limit).
+- Private names of cheroot and CherryPy used here: UPSTREAM, checked by a test.
 - The Date header is formatted once a second, not once an answer (http_date).
 - TRUST_PROXY: the client address is the one the load balancer appended, not one the
   client wrote.
 """
 import collections
 import email.utils
+import errno
 import functools
 import html
+import logging
 import math
+import os
+import queue
+import resource
 import select
+import selectors
 import socket
 import sys
 import threading
@@ -34,13 +45,46 @@ import cheroot.server
 import cheroot.wsgi
 from cheroot.workers import threadpool
 import cherrypy
-from cherrypy import _cplogging, _cpnative_server, _cpwsgi_server
+from cherrypy import _cplogging, _cpwsgi_server
 from cherrypy.lib import cptools, httputil
 
-from . import logs
+from . import http, logs
 
 HEALTH_PATH = '/healthcheck'
 _STOP_WORKER = threadpool._SHUTDOWNREQUEST  # what cheroot queues to end a worker thread
+
+# Every private name of cheroot and CherryPy this module relies on, and what it is used
+# for. server/tests/test_http.py checks that each still exists, so an upgrade that drops
+# one fails there, by name. "Class().name" is an attribute cheroot sets on instances.
+UPSTREAM = {
+    'cheroot.workers.threadpool._SHUTDOWNREQUEST':
+        'what ThreadPool queues to end a worker; PacedQueue hands it out past its limit',
+    'cheroot.workers.threadpool.ThreadPool()._queue':
+        'the pool\'s request queue, replaced by PacedQueue (TunedServer.prepare)',
+    'cheroot.workers.threadpool.ThreadPool().get':
+        'what a worker calls for its next connection: PacedQueue.get',
+    'cheroot.server.HTTPServer()._connections':
+        'the ConnectionManager, replaced by IdleConnections (TunedServer.prepare)',
+    'cheroot.connections.ConnectionManager()._selector':
+        'the selector of waiting connections (IdleConnections reads and registers in it)',
+    'cheroot.connections.ConnectionManager()._stop_requested': 'the selector loop\'s stop flag',
+    'cheroot.connections.ConnectionManager._run': 'the selector loop: IdleConnections._run',
+    'cheroot.connections.ConnectionManager._expire':
+        'closing idle connections: IdleConnections._expire (deadlines, 408)',
+    'cheroot.connections.ConnectionManager._from_server_socket':
+        'accept() and wrap one connection; IdleConnections accepts a burst, pauses on EMFILE',
+    'cheroot.connections.ConnectionManager._remove_invalid_sockets':
+        'cleanup after select() fails, called as cheroot\'s loop does',
+    'cheroot.connections._ThreadsafeSelector()._selector':
+        'the selectors.DefaultSelector, counted without a lock (can_add_keepalive_connection)',
+    'cheroot.connections._ThreadsafeSelector.connections': 'the registered connections (_expire)',
+    'cherrypy._cpwsgi_server.CPWSGIServer': 'cherrypy.server\'s server class, extended by Server',
+    'cherrypy._cpwsgi_server.CPWSGIHTTPRequest': 'its request class, extended by _Request',
+    'cherrypy._cplogging.LogManager': 'the access log, extended by AccessLog',
+    'cherrypy.Tool._setup': 'logs.RequestIdTool sets the id there, once per request, before any hook',
+    'cherrypy._cperror.format_exc': 'logs: a traceback as one JSON field',
+    'cherrypy._cperror._exc_info': 'logs: the exception being handled, as cherrypy.log reads it',
+}
 
 
 def error_page(status, message, traceback, version):
@@ -130,30 +174,49 @@ def _quote(text):
 
 
 class IdleConnections(cheroot.connections.ConnectionManager):
-    """cheroot's selector, with these changes.
+    """cheroot's selector, which here also collects each request before a worker sees it.
 
-    1. A newly accepted connection waits in the selector until it is readable, like a
-       kept-alive one. cheroot hands it straight to a worker, which then blocks reading
-       it: load balancers pre-open hundreds of idle connections, and those would hold
-       every worker while a fresh health probe waits (measured: 500 idle connections
-       made a probe time out after 5 s).
-    2. Idle connections close after ops.keep_alive_timeout, not server.socket_timeout,
-       so keep-alive can outlast a load balancer's idle timeout while a stalled client
-       still holds a worker for only server.socket_timeout.
-    3. It notes when its loop last ran, so readiness can tell a stuck listener.
-    4. A burst of new connections is accepted in one round, not one per round.
-    5. Stopping: what arrived is served, and the loop neither spins nor lets a worker die
+    1. Every connection, new or kept alive, waits in the selector. When it is readable, the
+       thread that looks (the selector thread, or a worker between requests) reads what
+       arrived without blocking into the connection's buffer (_receive). A worker gets the
+       connection only when a whole request is there: its head, checked for size and
+       framing (server/http.py), and its body up to server.max_request_body_size. So a
+       slow or silent client (slowloris, slow uploads) never holds a worker, and cheroot's
+       parser reads from memory (_RequestReader): the bytes of one request are never read
+       as another, whatever the handler left unread.
+    2. Deadlines (_expire): a request must arrive within server.socket_timeout of its first
+       byte (a new connection: of its accept), its body within BODY_TIMEOUTS times that,
+       else 408 and close. An idle kept-alive connection closes silently after
+       ops.keep_alive_timeout (longer than a load balancer's idle timeout).
+    3. What a client got wrong is answered here, without a worker: 400 for bad chunked
+       framing, 413 for a body over the cap, 431 for headers over the cap, 503 when the
+       buffers of all connections would pass BUFFER_BUDGET; then the connection closes
+       after a short linger, so the answer is read before the reset.
+    4. accept() failing for want of file descriptors (EMFILE) pauses accepting, doubling
+       the pause up to a second, instead of spinning and logging a traceback per try.
+    5. A burst of new connections is accepted in one round, not one per round.
+    6. Stopping: what arrived is served, and the loop neither spins nor lets a worker die
        handing a connection back to a closed selector.
-    6. Under load the workers look for ready connections themselves, between requests
+    7. Under load the workers look for ready connections themselves, between requests
        (look_between_requests), and the selector thread sleeps.
+    8. It notes when its loop last ran, so readiness can tell a stuck listener.
     """
 
     _queue = None  # the PacedQueue whose workers look; None: cheroot's own selector loop
+    RECV_SIZE = 65536
+    BODY_TIMEOUTS = 6  # a body may take 6 x socket_timeout, if bytes keep coming
+    BUFFER_BUDGET = 64 * 2**20  # bytes of unfinished requests held over all connections
+    STREAM_ABOVE = 8 * 2**20  # a larger body (if the cap allows one) streams to the worker
+    LINGER = 2.0  # seconds to read and drop what follows a rejected request
 
     def __init__(self, server):
         super().__init__(server)
         self._looking = threading.Lock()  # one looker at a time: no connection handed out twice
         self._room = threading.Event()    # PacedQueue: a thread could start one more request
+        self._held = 0  # bytes in the buffers of connections in the selector
+        self._held_lock = threading.Lock()
+        self._accept_paused = None  # (resume at, pause) while accept() lacks descriptors
+        self._last_pause = (-math.inf, 0.0)  # (resumed at, pause) of the last pause
         if hasattr(server.requests._queue, 'has_room'):  # a PacedQueue, not cheroot's queue
             self._queue = server.requests._queue
             self._queue.look = self.look_between_requests
@@ -173,6 +236,8 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             try:
                 if not self._stop_requested:  # after a stop, serve_arrived() had the last look
                     self._hand_out_ready(timeout=0)
+            except Exception:  # a worker must never die of looking: cheroot would stop serving
+                self.server.client_errors.note('look between requests failed', traceback=True)
             finally:
                 self._looking.release()
 
@@ -181,7 +246,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         the running threads are all busy (PacedQueue.has_room), a request it handed out would
         only wait in the queue, and the workers look when they finish."""
         if self._queue is None:
-            return super()._run(expiration_interval)
+            return self._run_alone(expiration_interval)
         last_expiry = time.time()
         while not self._stop_requested:
             self._room.clear()  # before the check: a worker's set() after it wakes the wait
@@ -195,8 +260,22 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                     self._expire(None)
                 last_expiry = time.time()
 
+    def _run_alone(self, expiration_interval):
+        """cheroot's loop, with this class's reading and deadlines (cheroot's own queue)."""
+        last_expiry = time.time()
+        while not self._stop_requested:
+            with self._looking:
+                self._hand_out_ready(timeout=expiration_interval)
+            if time.time() - last_expiry > expiration_interval:
+                with self._looking:
+                    self._expire(None)
+                last_expiry = time.time()
+
     def _hand_out_ready(self, timeout):
-        """One round of cheroot's selector loop: accept new connections, queue ready ones."""
+        """One round: accept new connections, read the ready ones, hand out whole requests."""
+        paused = self._accept_paused
+        if paused is not None and time.monotonic() >= paused[0]:
+            self._resume_accepting()
         try:
             ready = list(self._selector.select(timeout=timeout))
         except OSError:
@@ -205,9 +284,165 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         for fd, conn in ready:
             if conn is self.server:
                 self._from_server_socket(self.server.socket)
-            else:
+            elif conn.pending is None:  # TLS: cheroot's way, the worker reads
                 self._selector.unregister(fd)  # until the worker put()s it back
                 self.server.process_conn(conn)
+            else:
+                self._receive(fd, conn)
+
+    def _receive(self, fd, conn):
+        """Read what arrived on a ready connection; hand it out if a request is complete."""
+        try:
+            data = os.read(fd, self.RECV_SIZE)  # the socket is non-blocking (it has a timeout)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b''
+        if not data:  # the client closed (or reset) the connection
+            if conn.pending and conn.head is None and not conn.lingering:
+                # Half a head, then the end: cheroot answers it (400), as it would have
+                # when it read the socket itself.
+                conn.close_after = True
+                self._hand_out(conn, fd, conn.pending)
+                return
+            self._drop(fd, conn)
+            return
+        if conn.lingering:
+            return  # read and dropped: the rejected client's remaining bytes
+        now = time.monotonic()
+        if conn.idle:  # the first bytes of a request on a kept-alive connection
+            conn.idle = False
+            conn.deadline = now + self.server.timeout
+        elif conn.head is not None:  # a body: it keeps the connection as long as it flows
+            conn.deadline = min(now + self.server.timeout, conn.body_deadline)
+        conn.pending += data
+        self._hold(len(data))
+        self._advance(conn, fd)
+
+    def _advance(self, conn, fd=None):
+        """Hand `conn` to a worker if its buffer holds a whole request, else wait in the
+        selector (registered if fd is None); reject and close it if the request is bad."""
+        try:
+            end = self._request_end(conn)
+        except http.Reject as rejected:
+            self._reject(conn, fd, rejected.status, rejected.reason)
+            return
+        if end is None:
+            if self._held > self.BUFFER_BUDGET:
+                self._reject(conn, fd, '503 Service Unavailable', 'Too many requests arriving.')
+                return
+            if fd is None:
+                self._register(conn)
+            return
+        pending = conn.pending
+        if end is STREAM:  # a body larger than the server buffers: the worker reads the rest
+            conn.close_after = True
+            self._hand_out(conn, fd, pending, _StreamingReader(pending, conn.socket))
+        else:
+            self._hand_out(conn, fd, pending[:end])
+
+    def _hand_out(self, conn, fd, request, reader=None):
+        """Give a worker conn with `request`, the start of conn.pending, to read."""
+        conn.rfile = reader or _RequestReader(request)
+        conn.pending = conn.pending[len(request):]
+        self._hold(-len(request))
+        conn.head = None
+        if fd is not None:
+            self._selector.unregister(fd)  # until the worker put()s it back
+        self.server.process_conn(conn)
+
+    def _request_end(self, conn):
+        """Where the request at the start of conn.pending ends; None while incomplete."""
+        server = self.server
+        if conn.head is None:
+            pending = conn.pending
+            if pending[:2] == b'\r\n':  # RFC 9112 2.2: empty lines before a request are ignored
+                stripped = pending.lstrip(b'\r\n')
+                self._hold(len(stripped) - len(pending))
+                pending = conn.pending = stripped
+            end = http.head_end(pending, server.max_request_header_size or 2**20)
+            if end is None:
+                return None
+            kind, length = http.framing(pending[:end])
+            if kind is http.NONE:
+                return end
+            if kind is http.INVALID:  # the worker answers 400 or 501 (check_head), and closes
+                conn.close_after = True
+                return end
+            conn.head, conn.body_deadline = end, time.monotonic() + self.BODY_TIMEOUTS * server.timeout
+            conn.deadline = min(time.monotonic() + server.timeout, conn.body_deadline)
+            conn.scan = (end, 0)
+            cap = server.max_request_body_size
+            if kind is http.LENGTH:
+                if cap and length > cap:
+                    raise http.Reject('413 Request Entity Too Large', 'The entity sent with the '
+                                      'request exceeds the maximum allowed bytes.')
+                conn.body_end = end + length
+            else:
+                conn.body_end = None
+            if _expects_continue(pending[:end]):
+                conn.continue_sent = True
+                _send_now(conn.socket, b'HTTP/1.1 100 Continue\r\n\r\n')
+        pending, end = conn.pending, conn.body_end
+        if end is not None:  # Content-Length
+            if len(pending) >= end:
+                return end
+            return STREAM if end - conn.head > self._stream_above() else None
+        done, pos, total = http.chunked_scan(pending, *conn.scan, self.server.max_request_body_size)
+        if done:
+            return pos
+        conn.scan = (pos, total)
+        if len(pending) - conn.head > self._stream_above():
+            return STREAM
+        return None
+
+    def _stream_above(self):
+        cap = self.server.max_request_body_size
+        return self.STREAM_ABOVE if not cap or cap > self.STREAM_ABOVE else cap + 2**16
+
+    def _hold(self, count):
+        with self._held_lock:
+            self._held += count
+
+    def _register(self, conn):
+        try:
+            self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+        except (ValueError, KeyError, OSError):  # a stop closed the selector, or it is gone
+            self._close(conn)
+
+    def _reject(self, conn, fd, status, reason):
+        """Answer a bad request here and close the connection after a linger."""
+        server = self.server
+        server.client_errors.note(f'{status} for {conn.remote_addr}: {reason}')
+        _send_now(conn.socket, error_response(server, status, reason))
+        self._hold(-len(conn.pending))
+        conn.pending = b''
+        conn.head = None
+        conn.lingering = True
+        conn.idle = False
+        conn.deadline = time.monotonic() + self.LINGER
+        try:
+            conn.socket.shutdown(socket.SHUT_WR)  # the answer, then FIN
+        except OSError:
+            pass
+        if fd is None:
+            self._register(conn)
+
+    def _drop(self, fd, conn):
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        self._close(conn)
+
+    def _close(self, conn):
+        if conn.pending:
+            self._hold(-len(conn.pending))
+            conn.pending = b''
+        try:
+            conn.close()
+        except OSError:
+            pass
 
     def _from_server_socket(self, server_socket):
         # Accept every connection the kernel has queued, not one per loop: with 100 busy
@@ -215,17 +450,61 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         # 1.7 s. wrk -c100 on /: p99 1.3 s and 22 timeouts before, 150 ms and none after.
         # The listener is non-blocking (TunedServer.prepare): stop at "no more".
         for _ in range(self.server.request_queue_size):
-            conn = super()._from_server_socket(server_socket)
+            try:
+                conn = super()._from_server_socket(server_socket)
+            except OSError as error:
+                if error.errno not in _NO_DESCRIPTORS:
+                    raise
+                self._pause_accepting(error)
+                return None
             if conn is None:
                 break
-            self.put(conn)  # registers it with the selector; a worker gets it when readable
+            conn.deadline = time.monotonic() + self.server.timeout
+            conn.last_used = time.time()
+            self._register(conn)  # a worker gets it when a request has arrived
         return None
 
-    def put(self, conn):
+    def _pause_accepting(self, error):
+        """Out of file descriptors: stop watching the listener a while (it stays readable,
+        and each try would fail again), then try again; the wait doubles up to a second."""
+        resumed, last = self._last_pause
+        pause = min(1.0, last * 2) if time.monotonic() - resumed < 2.0 else 0.05
+        self._accept_paused = (time.monotonic() + pause, pause)
         try:
-            super().put(conn)
-        except (ValueError, OSError):  # a stop closed the selector after the worker's answer
-            conn.close()
+            self._selector.unregister(self.server.socket.fileno())
+        except (KeyError, ValueError):
+            pass
+        self.server.client_errors.note(
+            f'accept() failed: {error.strerror}; not accepting for {pause:.2f} s '
+            '(raise the open files limit, or lower ops.keep_alive_limit)')
+
+    def _resume_accepting(self):
+        pause = self._accept_paused[1]
+        try:
+            self._selector.register(self.server.socket.fileno(), selectors.EVENT_READ,
+                                    data=self.server)
+        except (KeyError, ValueError, OSError):
+            return
+        self._accept_paused = None
+        self._last_pause = (time.monotonic(), pause)
+
+    def put(self, conn):
+        """A worker is done with conn and keeps it open: wait for its next request."""
+        conn.last_used = time.time()
+        if conn.pending is None:  # TLS: cheroot's way
+            if conn.rfile.has_data():  # decrypted already: the selector would not see it
+                self.server.process_conn(conn)
+            else:
+                self._register(conn)
+            return
+        conn.close_after = conn.continue_sent = False
+        if conn.pending:  # pipelined: the next request is (partly) here already
+            conn.idle = False
+            conn.deadline = time.monotonic() + self.server.timeout
+            self._advance(conn)
+        else:
+            conn.idle = True
+            self._register(conn)
 
     def stop(self):
         self._stop_requested = True
@@ -239,8 +518,24 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         super().run(expiration_interval)
 
     def _expire(self, threshold):
+        """Close idle connections after ops.keep_alive_timeout; answer 408 to those whose
+        request did not arrive in time; close rejected ones after their linger."""
         self.server.last_loop = time.monotonic()
-        super()._expire(time.time() - self.server.keep_alive_timeout)
+        server = self.server
+        now, idle_since = time.monotonic(), time.time() - (server.keep_alive_timeout or server.timeout)
+        for fd, conn in list(self._selector.connections):
+            if conn is self.server:
+                continue
+            if conn.pending is None or conn.idle:
+                if conn.last_used is not None and conn.last_used < idle_since:
+                    self._drop(fd, conn)
+            elif now > conn.deadline:
+                if not conn.lingering:
+                    self.server.client_errors.note(
+                        f'408 for {conn.remote_addr}: the request did not arrive in time')
+                    _send_now(conn.socket, error_response(
+                        self.server, '408 Request Timeout', ''))
+                self._drop(fd, conn)
 
     def serve_arrived(self, wait=0.5):
         """At shutdown: accept what the kernel queued, hand every connection that has a
@@ -252,20 +547,49 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         listener = self.server.socket
         while True:
             try:
-                conn = self._from_server_socket(listener)
+                self._from_server_socket(listener)
             except OSError:
                 break
-            if conn is None and not _readable(listener, 0):
+            if not _readable(listener, 0):
                 break
         deadline = time.monotonic() + wait
         while len(self._selector) > 1 and time.monotonic() < deadline:
             ready = [(fd, conn) for fd, conn in self._selector.select(timeout=0.05)
                      if conn is not self.server]
             for fd, conn in ready:
-                self._selector.unregister(fd)
-                self.server.process_conn(conn)
+                if conn.pending is None:
+                    self._selector.unregister(fd)
+                    self.server.process_conn(conn)
+                else:
+                    self._receive(fd, conn)
             if not ready:
                 break
+
+
+STREAM = object()  # _request_end: hand the connection out now, its body streams to the worker
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _expects_continue(head):
+    return b'100-continue' in head.lower() and http.expects_continue(head)
+
+
+def _send_now(sock, data):
+    """Send what fits now, without waiting (an answer to a client that may not read)."""
+    try:
+        return os.write(sock.fileno(), data)
+    except OSError:
+        return 0
+
+
+def error_response(server, status, reason):
+    """A whole answer for a request the server refuses: the status, the reason, the site
+    headers; no version, no traceback; Connection: close."""
+    body = reason.encode('latin-1', 'replace')
+    lines = [f'{server.protocol} {status}'.encode('latin-1'),
+             b'Content-Type: text/plain', b'Content-Length: %d' % len(body), b'Connection: close']
+    lines += [name + b': ' + value for _, (name, value) in server.site_headers]
+    return b'\r\n'.join(lines) + b'\r\n\r\n' + body
 
 
 def _readable(sock, seconds):
@@ -275,114 +599,268 @@ def _readable(sock, seconds):
     return bool(poller.poll(seconds * 1000))
 
 
-class _HeadersWithBodyWriter(cheroot.makefile.StreamWriter):
-    """cheroot's socket writer, holding an answer's status line and headers back until the
-    first piece of its body, so that a small answer leaves in one send(), not two: one
-    system call and one release of the GIL fewer per request. Later pieces go out as
-    written (streamed answers are not delayed), and so does "100 Continue"."""
+class ClientErrors:
+    """The log of what clients got wrong (and of accept() failures): each kind of message
+    once per INTERVAL with how many like it were not logged, not once a request. 50 clients
+    sending a malformed line used to write 61,000 tracebacks in 20 s."""
 
-    hold_headers = False  # set for each request by TunedConnection
-    failed = False  # a send failed (client gone, or stalled past server.socket_timeout)
+    INTERVAL = 60.0
 
-    def write(self, data):
-        if self.hold_headers and data.endswith(b'\r\n\r\n') and b' 100 ' not in data[:13]:
-            self.hold_headers = False
-            self._write_buf.extend(data)  # sent with the next write, or at the request's end
-            return len(data)
-        try:
-            return super().write(data)
-        except OSError:
-            self.failed = True
-            raise
+    def __init__(self, log):
+        self.log = log
+        self._seen = {}  # kind: (logged at, not logged since)
+        self._lock = threading.Lock()
+
+    def note(self, message, traceback=False):
+        kind = message.split(':', 1)[0].split(' for ', 1)[0]
+        now = time.monotonic()
+        with self._lock:
+            logged, skipped = self._seen.get(kind, (None, 0))
+            if logged is not None and now - logged < self.INTERVAL:
+                self._seen[kind] = (logged, skipped + 1)
+                return
+            self._seen[kind] = (now, 0)
+        more = f' ({skipped} more like it in the last {self.INTERVAL:.0f} s)' if skipped else ''
+        self.log(message + more, level=logging.WARNING, traceback=traceback)
 
 
-class _BufferedLineReader(cheroot.makefile.StreamReader):
-    """cheroot's socket reader, answering readline() straight from its buffer.
+class _RequestReader:
+    """conn.rfile while a worker serves a request: that request's bytes and no more.
 
-    cheroot reads through _pyio, Python's io module written in Python (it looks into the
-    buffer to tell whether a pipelined request has arrived), so each request and header
-    line cost a dozen Python calls. Here a line already in the buffer is one bytes.find():
-    27% fewer instructions in cheroot for a browser's request (perf stat, 8 lines).
+    What a handler leaves unread is dropped with it; it cannot be read as the next request.
+    A line is one bytes.find(), not a dozen calls through _pyio as in cheroot's reader.
     """
+
+    __slots__ = ('data', 'pos', 'bytes_read')
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+        self.bytes_read = 0
 
     def readline(self, size=-1):
-        if self._read_pos >= len(self._read_buf):
-            self.peek(1)  # one recv() into the empty buffer, as _pyio's readline does
-        buf, start = self._read_buf, self._read_pos
-        limit = len(buf) if size is None or size < 0 else min(len(buf), start + size)
-        newline = buf.find(b'\n', start, limit)
-        if newline >= 0:
-            end = newline + 1
-        elif size is not None and 0 <= size == limit - start:
-            end = limit  # `size` bytes without a newline: where readline(size) stops
-        else:
-            return super().readline(size)  # the line goes on past the buffer: _pyio reads on
-        self._read_pos = end
-        self.bytes_read += end - start
-        return buf[start:end]
+        data, pos = self.data, self.pos
+        end = data.find(b'\n', pos) + 1 or len(data)
+        if size is not None and 0 <= size < end - pos:
+            end = pos + size
+        self.pos = end
+        self.bytes_read += end - pos
+        return data[pos:end]
+
+    def read(self, size=-1):
+        data, pos = self.data, self.pos
+        end = len(data) if size is None or size < 0 else min(len(data), pos + size)
+        self.pos = end
+        self.bytes_read += end - pos
+        return data[pos:end]
+
+    def has_data(self):
+        return False  # the next request, if any, waits in conn.pending
+
+    def close(self):
+        pass
 
 
-class _SiteHeadersRequest(_cpwsgi_server.CPWSGIHTTPRequest):
-    """cheroot's request (in CherryPy's URL mode), adding the server's site headers (prod.conf's
-    ops.response_headers) to every answer that does not set them itself, errors included.
+class _StreamingReader(_RequestReader):
+    """A request whose body is larger than the server buffers (STREAM_ABOVE): what arrived,
+    then the socket (with server.socket_timeout per read). The connection closes after."""
 
-    Through CherryPy's response.headers config instead, each header went through its header
-    map and was encoded three times: 24k instructions a header, per request.
+    __slots__ = ('sock',)
+
+    def __init__(self, data, sock):
+        super().__init__(data)
+        self.sock = sock
+
+    def _more(self):
+        chunk = self.sock.recv(65536)
+        if chunk:
+            self.data = self.data[self.pos:] + chunk
+            self.pos = 0
+        return bool(chunk)
+
+    def readline(self, size=-1):
+        while (self.data.find(b'\n', self.pos) < 0
+               and (size is None or size < 0 or len(self.data) - self.pos < size)
+               and self._more()):
+            pass
+        return super().readline(size)
+
+    def read(self, size=-1):
+        while (size is None or size < 0 or len(self.data) - self.pos < size) and self._more():
+            pass
+        return super().read(size)
+
+
+class _SocketWriter:
+    """conn.wfile, bounding how long a client may take to read an answer: each piece within
+    server.socket_timeout (sendall's deadline; cheroot's writer allowed that per send(), so
+    a client reading a byte every few seconds held a worker without end), and the whole
+    answer within socket_timeout plus a second per SEND_RATE bytes of it. The status line
+    and headers wait for the first piece of the body, so a small answer leaves in one send().
     """
 
+    SEND_RATE = 64 * 1024  # bytes a second a slow reader must average, after socket_timeout
+
+    __slots__ = ('sock', 'bytes_written', 'held', 'hold_next', 'started', 'sent', 'timeout')
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.bytes_written = 0
+        self.held = None
+        self.hold_next = False  # set by begin(): keep the next write (the headers)
+        self.started = None
+        self.sent = 0
+        self.timeout = None
+
+    def begin(self, timeout):
+        """An answer starts (_Request.send_headers): its status line and headers come next."""
+        self.hold_next = True
+        self.started, self.sent, self.timeout = time.monotonic(), 0, timeout
+
+    def write(self, data):
+        if self.hold_next:
+            self.hold_next = False
+            self.held = bytes(data)
+            return len(data)
+        if self.held is not None:
+            data, self.held = self.held + data, None
+        if self.started is not None and self.timeout:
+            left = self.started + self.timeout + self.sent / self.SEND_RATE - time.monotonic()
+            if left < self.timeout / 2:  # a long answer to a slow reader: its budget runs out
+                self._send_within(data, left)
+                return len(data)
+        self.sock.sendall(data)
+        self.sent += len(data)
+        self.bytes_written += len(data)
+        return len(data)
+
+    def _send_within(self, data, seconds):
+        if seconds <= 0:
+            raise TimeoutError('timed out')  # as sendall says it: cheroot closes quietly
+        self.sock.settimeout(seconds)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.settimeout(self.timeout)
+        self.sent += len(data)
+        self.bytes_written += len(data)
+
+    def flush(self):
+        if self.held is not None:
+            self.write(b'')
+
+    def close(self):
+        self.held = None
+
+
+class _Request(cheroot.server.HTTPRequest):
+    """cheroot's request, with:
+
+    - the strict checks of server/http.py on the head, for what cheroot lets through
+      (where cheroot refuses a request itself, its own answer stands);
+    - the server's site headers (prod.conf's ops.response_headers) on every answer that
+      does not set them itself, errors included (through CherryPy's response.headers
+      config, each went through its header map and was encoded three times: 24k
+      instructions a header, per request);
+    - Connection: close when the server decided so for the request (close_after);
+    - status line and headers sent with the body's first piece (_SocketWriter).
+    """
+
+    def parse_request(self):
+        conn = self.conn
+        reader = conn.rfile
+        if not isinstance(reader, _RequestReader):
+            return super().parse_request()  # TLS: cheroot's own reading
+        conn.wfile.started = None  # no answer under way: no answer's budget applies
+        if conn.continue_sent:  # the selector said "100 Continue" already: not twice
+            self.header_reader = _NO_EXPECT
+        head = reader.data[:http.head_end(reader.data, len(reader.data)) or len(reader.data)]
+        problem = http.check_head(head, self.server.require_host)
+        try:  # cheroot's own answer where it refuses the request too (its tests read them)
+            super().parse_request()
+        except Exception:  # it failed on it (a whitespace-led line, "http://[::1"): 400
+            self.ready = True
+            problem = problem or ('400 Bad Request', 'Malformed request.')
+        if self.ready and problem is not None:
+            self.ready = False
+            status, reason = problem
+            self.server.client_errors.note(f'{status} for {conn.remote_addr}: {reason}')
+            conn.wfile.write(error_response(self.server, status, reason))
+            self.close_connection = True
+        elif not self.ready:
+            self.close_connection = True
+
     def send_headers(self):
+        if self.conn.close_after:
+            self.close_connection = True
         own = {name.lower() for name, _ in self.outheaders}
         self.outheaders.extend(header for name, header in self.server.site_headers
                                if name not in own)
+        wfile = self.conn.wfile
+        if isinstance(wfile, _SocketWriter):
+            wfile.begin(self.server.timeout)  # cheroot's next write: status line and headers
         super().send_headers()
 
-
-class _UTF8NativeGateway(_cpnative_server.NativeGateway):
-    """CherryPy's gateway without WSGI. Like CherryPy's WSGI adapter, it reads the URL as
-    UTF-8 (the native one reads Latin-1, and /static/café.txt would be a 404)."""
-
     def respond(self):
-        req = self.req
         try:
-            req.path, req.qs = req.path.decode('utf-8'), req.qs.decode('utf-8')
-        except UnicodeDecodeError:
-            pass  # as the WSGI adapter does: Latin-1, and let the handler decide
-        super().respond()
+            super().respond()
+        finally:
+            wfile = self.conn.wfile
+            if isinstance(wfile, _SocketWriter):
+                wfile.hold_next = False
+                if wfile.held is not None:  # an answer without a body: HEAD, 304, 204
+                    wfile.flush()
+
+
+class _CherryPyRequest(_Request, _cpwsgi_server.CPWSGIHTTPRequest):
+    """_Request in CherryPy's URL mode (absolute URIs allowed, as CherryPy's server does)."""
+
+
+class _NoExpectHeaderReader(cheroot.server.HeaderReader):
+    """cheroot's header reader, leaving out "Expect: 100-continue" when the server has
+    answered it already (IdleConnections sends it while it waits for the body)."""
+
+    def __call__(self, rfile, hdict=None):
+        hdict = super().__call__(rfile, hdict)
+        if hdict.get(b'Expect', b'').lower() == b'100-continue':
+            del hdict[b'Expect']
+        return hdict
+
+
+_NO_EXPECT = _NoExpectHeaderReader()
 
 
 class TunedConnection(cheroot.server.HTTPConnection):
-    """A plain-HTTP connection that reads lines from its buffer (_BufferedLineReader), sends
-    small answers in one send() (_HeadersWithBodyWriter) and adds the site headers
-    (_SiteHeadersRequest). TLS sockets keep cheroot's own reader and writer."""
+    """A connection whose requests IdleConnections collects before a worker reads them
+    (pending: bytes received and not handed out yet), answered through _SocketWriter.
+    TLS connections keep cheroot's own reader and writer (pending is None)."""
 
-    RequestHandlerClass = _SiteHeadersRequest
+    RequestHandlerClass = _Request
+    idle = False  # between requests on a kept-alive connection (else: a request is due)
+    head = None  # where the head ends, once it has arrived and the body has not
+    body_end = None
+    body_deadline = 0.0
+    scan = None  # chunked: where to resume scanning the body
+    deadline = 0.0  # time.monotonic() by which the request must have arrived
+    lingering = False  # rejected: what the client still sends is read and dropped
+    close_after = False  # the answer says "Connection: close"
+    continue_sent = False  # "100 Continue" was sent for the request being collected
 
     def __init__(self, server, sock, makefile=cheroot.makefile.MakeFile):
-        super().__init__(server, sock, makefile)
-        if makefile is cheroot.makefile.MakeFile:
-            self.rfile = _BufferedLineReader(sock, 'rb', self.rbufsize)
-            self.wfile = _HeadersWithBodyWriter(sock, 'wb', self.wbufsize)
+        plain = makefile is cheroot.makefile.MakeFile
+        super().__init__(server, sock, _plain_files if plain else makefile)
+        self.pending = b'' if plain else None
 
-    def communicate(self):
-        wfile = self.wfile
-        if not isinstance(wfile, _HeadersWithBodyWriter):
-            return super().communicate()
-        wfile.hold_headers = True
-        keep_open = False
-        try:
-            keep_open = super().communicate()
-        finally:
-            wfile.hold_headers = False
-            if wfile.failed:  # what was not sent stays unsent: no second wait, and close
-                wfile.failed, keep_open = False, False
-                del wfile._write_buf[:]
-            elif wfile._write_buf:  # held headers of an answer without a body: HEAD, 304
-                try:
-                    wfile.flush()
-                except OSError:
-                    del wfile._write_buf[:]
-                    keep_open = False  # the client is gone or stalled: close
-        return keep_open
+
+class _CherryPyConnection(TunedConnection):
+    """The connection of CherryPy's servers (main and admin): CherryPy's URL mode."""
+
+    RequestHandlerClass = _CherryPyRequest
+
+
+def _plain_files(sock, mode, bufsize=None):
+    """cheroot's `makefile` for a plain connection: ours instead of its _pyio files."""
+    return _RequestReader(b'') if 'r' in mode else _SocketWriter(sock)
 
 
 class PacedQueue:
@@ -409,7 +887,8 @@ class PacedQueue:
     BUSY_CPU = 0.75
     FULL_CPU = 0.9
 
-    def __init__(self, threads):
+    def __init__(self, threads, maxsize=0):
+        self.maxsize = maxsize  # server.accepted_queue_size; <= 0: no limit
         self.max_active = threads
         self.active = 1
         self.closed = False
@@ -426,7 +905,11 @@ class PacedQueue:
         return len(self._items)
 
     def put(self, item, block=True, timeout=None):
+        """Queue a connection with a request; queue.Full beyond server.accepted_queue_size
+        (cheroot then answers 503), at once: the looking thread must not wait."""
         with self._lock:
+            if 0 < self.maxsize <= len(self._items) and item is not _STOP_WORKER:
+                raise queue.Full
             self._items.append(item)  # in order: a stop never overtakes a waiting request
             self._hand_out()
 
@@ -528,6 +1011,10 @@ class TunedServer:
     last_loop = None
     site_headers = ()  # (lower-case name, (name, value)), as bytes; see _SiteHeadersRequest
 
+    client_errors = None  # ClientErrors, made by prepare()
+    require_host = False  # HTTP/1.1 without Host: 400 (CherryPy's servers; cheroot does not)
+    keep_alive_timeout = None  # set by tune(); None: server.socket_timeout, as cheroot
+
     def tune(self, keep_alive_timeout, keep_alive_limit, site_headers=None):
         self.site_headers = [(name.lower().encode(), (name.encode(), value.encode()))
                              for name, value in (site_headers or {}).items()]
@@ -539,7 +1026,8 @@ class TunedServer:
 
     def prepare(self):
         pool = self.requests  # cheroot's ThreadPool, started by super().prepare()
-        pool._queue = PacedQueue(pool.min)
+        pool._queue = PacedQueue(pool.min, pool._queue.maxsize)
+        self.client_errors = ClientErrors(self.error_log)
         pool.get = pool._queue.get
         self.last_loop = time.monotonic()  # a restart is not a stuck selector
         try:
@@ -573,17 +1061,23 @@ class TunedServer:
 class Server(TunedServer, _cpwsgi_server.CPWSGIServer):
     """CherryPy's server (cherrypy.server) with the template's connection handling."""
 
+    ConnectionClass = _CherryPyConnection
+    require_host = True  # CherryPy answers 400 too, but with its default error page
+
     def __init__(self, server_adapter):
         super().__init__(server_adapter)
-        # CPWSGIServer has just set TunedConnection's request class to its own; ours extends it.
-        TunedConnection.RequestHandlerClass = _SiteHeadersRequest
-        # CherryPy's native gateway: cheroot hands each request to CherryPy as it is. Through
-        # WSGI, cheroot built an environ that CherryPy translated back: 16% of a request.
-        self.gateway = _UTF8NativeGateway
+        # CPWSGIServer has just set our connection's request class to its own; ours extends it.
+        # Requests reach CherryPy through WSGI, as with stock CherryPy: its native gateway
+        # saved 16% of a request but broke InternalRedirect, tree.graft, errors in streamed
+        # answers and Content-Length checks.
+        _CherryPyConnection.RequestHandlerClass = _CherryPyRequest
 
 
 class AdminServer(TunedServer, cheroot.wsgi.Server):
     """A plain cheroot WSGI server for the admin listener, tuned the same way."""
+
+    ConnectionClass = _CherryPyConnection
+    require_host = True
 
 
 def http_date(timeval=None):
@@ -645,8 +1139,35 @@ def configure_app(app, config):
     cherrypy.engine.subscribe('exit', app.log.flush)  # no line lost at exit
 
 
+def raise_open_files_limit():
+    """Raise the soft limit on open files to the hard one; returns (before, after).
+
+    Container runtimes often start processes with a soft limit of 1,024: 1,024 connections
+    and accept() fails. The hard limit is what the process may have without privileges."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+    return soft, hard
+
+
+_open_files = None  # (before, after) of raise_open_files_limit() at install()
+
+
+def startup_note():
+    """The start-up line's words on the open files limit (settings.Settings.summary)."""
+    if _open_files is None:
+        return ''
+    before, after = (('unlimited' if n == resource.RLIM_INFINITY else str(n)) for n in _open_files)
+    return f'open files: {after}' + (f' (raised from {before})' if before != after else '')
+
+
 def install(app, config):
     """Apply the pieces above to the main app and to CherryPy's server."""
+    global _open_files
+    _open_files = raise_open_files_limit()
     configure_app(app, config)
     httputil.HTTPDate = http_date  # CherryPy looks it up on each use
     cherrypy.server.httpserver = Server(cherrypy.server)

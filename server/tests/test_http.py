@@ -1,0 +1,437 @@
+"""Strict HTTP (server/http.py) and what the server does with hostile or slow clients:
+the pure functions on bytes, then raw sockets against real servers on loopback.
+
+    python -m unittest server.tests.test_http      # from the project folder
+"""
+import importlib
+import inspect
+import os
+import queue
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import mock
+
+from server import http, production
+from server.testing import HERE, free_ports, request
+from server.tests.test_server import serve_in_thread
+
+OK = b'GET / HTTP/1.1\r\nHost: x\r\n\r\n'
+
+
+class CheckHeadTest(unittest.TestCase):
+    """http.check_head: what cheroot would let through, refused."""
+
+    BAD = {
+        b'GET / HTTP/1.1\r\nHost : x\r\n\r\n': 'colon',
+        b'GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\n': 'colon',
+        b'GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n': 'obs-fold',
+        b'GET / HTTP/1.1\r\n Host: x\r\n\r\n': 'obs-fold',
+        b'GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n': 'Control',
+        b'GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n': 'Control',
+        b'GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n': 'Control',
+        b'GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n': 'Control',
+        b'GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n': 'Control',
+        b'GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n': 'Control',
+        b'GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n': 'CRLF',
+        b'GET / HTTP/1.1\r\n\r\n': 'Host',
+        b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n': 'Host',
+        b'GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n': 'Host',
+        b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n': 'Content-Length',
+        b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n': 'Content-Length',
+        b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n': 'Content-Length',
+        b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0_5\r\n\r\n': 'Content-Length',
+        b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n': 'Content-Length',
+        b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n': 'Content-Length',
+        b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n': 'Both',
+        b'POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n': '1.0',
+        b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n': 'chunked',
+        b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n': 'chunked',
+    }
+
+    def test_each_bad_head_gets_400_and_why(self):
+        for head, why in self.BAD.items():
+            status, reason = http.check_head(head) or ('accepted', '')
+            self.assertEqual(status, '400 Bad Request', head)
+            self.assertIn(why, reason, head)
+
+    def test_host_is_required_only_where_asked(self):
+        self.assertIsNone(http.check_head(b'GET / HTTP/1.1\r\n\r\n', require_host=False))
+        self.assertIsNotNone(http.check_head(b'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n',
+                                             require_host=False))
+
+    def test_unknown_codings_get_501(self):
+        for coding in (b'foo', b'gzip, chunked', b'chunked, foo'):
+            head = b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ' + coding + b'\r\n\r\n'
+            self.assertEqual(http.check_head(head)[0], '501 Not Implemented', coding)
+
+    def test_good_heads_pass(self):
+        for head in (OK, b'GET / HTTP/1.0\r\n\r\n', b'GET /caf\xc3\xa9?a=1 HTTP/1.1\r\nHost: x\r\n\r\n',
+                     b'POST / HTTP/1.1\r\nHOST: x\r\ncontent-length:  5 \r\nX-A: \ttab\xe9\r\n\r\n',
+                     b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n'):
+            self.assertIsNone(http.check_head(head), head)
+
+
+class FramingTest(unittest.TestCase):
+
+    def test_head_end_and_its_limits(self):
+        self.assertEqual(http.head_end(OK + b'next', 100), len(OK))
+        self.assertIsNone(http.head_end(OK[:-2], 100))
+        self.assertEqual(http.head_end(b'GET / HTTP/1.1\nHost: x\n\nnext', 100), 24)  # bare LF
+        with self.assertRaises(http.Reject) as raised:
+            http.head_end(b'GET / HTTP/1.1\r\n' + b'X: y\r\n' * 30, 100)
+        self.assertEqual(raised.exception.status, '431 Request Header Fields Too Large')
+        with self.assertRaises(http.Reject) as raised:
+            http.head_end(b'GET /' + b'a' * 200, 100)
+        self.assertEqual(raised.exception.status, '414 Request-URI Too Long')
+
+    def test_framing(self):
+        head = b'POST / HTTP/1.1\r\nHost: x\r\n'
+        self.assertEqual(http.framing(OK), (http.NONE, 0))
+        self.assertEqual(http.framing(head + b'Content-Length: 12\r\n\r\n'), (http.LENGTH, 12))
+        self.assertEqual(http.framing(head + b'transfer-encoding: chunked\r\n\r\n'), (http.CHUNKED, None))
+        for fields in (b'Content-Length: 1\r\nContent-Length: 1\r\n', b'Content-Length: +1\r\n',
+                       b'Content-Length: 1\r\nTransfer-Encoding: chunked\r\n',
+                       b'Transfer-Encoding: gzip\r\n'):
+            self.assertEqual(http.framing(head + fields + b'\r\n'), (http.INVALID, None), fields)
+        self.assertEqual(http.framing(b'POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n'),
+                         (http.INVALID, None))
+
+    def test_chunked_bodies(self):
+        body = b'5;name=value;q="a b"\r\nhello\r\n10\r\n' + b'x' * 16 + b'\r\n0\r\nTrailer: t\r\n\r\n'
+        self.assertEqual(http.chunked_scan(body + b'GET', 0, 0, 0), (True, len(body), 21))
+        for cut in range(len(body)):  # arriving a byte at a time: never done early
+            done, pos, total = http.chunked_scan(body[:cut], 0, 0, 0)
+            self.assertFalse(done, cut)
+            self.assertEqual(http.chunked_scan(body, pos, total, 0), (True, len(body), 21))
+
+    def test_malformed_chunks_are_400(self):
+        for body in (b'-1\r\n', b'0x5\r\nhello\r\n0\r\n\r\n', b'0_5\r\n', b'5\nhello\r\n0\r\n\r\n',
+                     b'5\r\nhello0\r\n\r\n', b'5\r\nhelloXY0\r\n\r\n', b'1' + b'0' * 16 + b'\r\n',
+                     b' 5\r\nhello\r\n', b'5;GET /smuggled HTTP/1.1\r\nhello\r\n',
+                     b'0\r\nBad trailer\r\n\r\n', b'0\r\n\n', b'5' + b';' * 5000):
+            with self.assertRaises(http.Reject, msg=body) as raised:
+                http.chunked_scan(body, 0, 0, 0)
+            self.assertEqual(raised.exception.status, '400 Bad Request', body)
+
+    def test_a_chunked_body_over_the_cap_is_413(self):
+        with self.assertRaises(http.Reject) as raised:
+            http.chunked_scan(b'8\r\n12345678\r\n8\r\n', 0, 0, 10)
+        self.assertEqual(raised.exception.status, '413 Request Entity Too Large')
+
+
+def echo_app(environ, start_response):
+    """Answers with the method, path and request body, read or not (X-Read: no)."""
+    body = b''
+    if environ.get('HTTP_X_READ') != 'no':
+        body = environ['wsgi.input'].read()
+    if environ['PATH_INFO'] == '/slow':
+        time.sleep(0.5)
+    answer = b'%s %s %s' % (environ['REQUEST_METHOD'].encode(), environ['PATH_INFO'].encode(), body)
+    start_response('200 OK', [('Content-Length', str(len(answer)))])
+    return [answer]
+
+
+def exchange(address, data, timeout=5):
+    """Send data on a new connection; everything the server sends until it closes."""
+    with socket.create_connection(address, timeout=timeout) as client:
+        client.sendall(data)
+        received = b''
+        while True:
+            try:
+                chunk = client.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+class RawSocketTest(unittest.TestCase):
+    """What a real server (production.AdminServer, the main one's machinery) answers."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = serve_in_thread(echo_app, timeout=1, threads=2)
+        cls.server.tune(60, 100, {'X-Frame-Options': 'DENY'})
+        cls.server.max_request_body_size = 1000
+        cls.server.max_request_header_size = 2000
+        cls.address = cls.server.bind_addr
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def assertRefused(self, data, status):
+        """The answer is `status`, bare, and the connection is closed after it."""
+        answer = exchange(self.address, data)
+        self.assertTrue(answer.startswith(b'HTTP/1.1 ' + status), (data, answer))
+        self.assertNotIn(b' 200 OK', answer)  # the request after it: never read, closed
+        self.assertNotIn(b'Traceback', answer)
+        self.assertNotIn(b'CherryPy/', answer)
+        self.assertNotIn(b'Cheroot/', answer)
+
+    def test_every_bad_head_gets_400_and_the_connection_closes(self):
+        for head in CheckHeadTest.BAD:  # cheroot's own 501 for "chunked, gzip" stands
+            self.assertRefused(head + OK, b'501' if b'gzip' in head else b'400')
+
+    def test_what_cheroot_fails_on_gets_400_not_500(self):
+        self.assertRefused(b'GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n', b'400')
+
+    def test_an_unknown_transfer_coding_gets_501(self):
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n' + OK,
+                           b'501')
+
+    def test_malformed_chunked_bodies_get_400(self):
+        head = b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+        for body in (b'-1\r\n', b'0x5\r\nhello\r\n0\r\n\r\n', b'0_5\r\n\r\n', b'5\nhello\r\n0\r\n\r\n',
+                     b'10000000000000000\r\n', b'5\r\nhelloXX0\r\n\r\n'):
+            self.assertRefused(head + body + OK, b'400')
+
+    def test_oversized_headers_get_431_and_bodies_413(self):
+        self.assertRefused(b'GET / HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'b' * 3000 + b'\r\n\r\n', b'431')
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n', b'413')
+        chunks = b'200\r\n' + b'x' * 512 + b'\r\n'
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+                           + chunks * 3, b'413')
+
+    def test_a_refusal_is_bare_with_the_site_headers(self):
+        answer = exchange(self.address, b'GET / HTTP/1.1\r\n\r\n')
+        head, _, body = answer.partition(b'\r\n\r\n')
+        self.assertIn(b'Connection: close', head)
+        self.assertIn(b'X-Frame-Options: DENY', head)
+        self.assertEqual(body, b'HTTP/1.1 requires a Host header.')
+
+    def test_a_body_the_handler_did_not_read_is_never_a_request(self):
+        """Smuggling: the next request on the connection is the one after the body."""
+        smuggled = b'GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n'
+        chunked = (b'POST /first HTTP/1.1\r\nHost: x\r\nX-Read: no\r\nTransfer-Encoding: chunked\r\n\r\n'
+                   + b'%x\r\n' % len(smuggled) + smuggled + b'\r\n0\r\n\r\n')
+        sized = (b'POST /first HTTP/1.1\r\nHost: x\r\nX-Read: no\r\nContent-Length: %d\r\n\r\n'
+                 % len(smuggled) + smuggled)
+        for first in (chunked, sized):
+            answer = exchange(self.address, first + b'GET /next HTTP/1.1\r\nHost: x\r\n'
+                              b'Connection: close\r\n\r\n')
+            self.assertEqual(answer.count(b'HTTP/1.1 200 OK'), 2, answer)
+            self.assertIn(b'GET /next', answer)
+            self.assertNotIn(b'/smuggled', answer.replace(b'POST /first', b''), answer)
+
+    def test_bodies_arrive_whole(self):
+        answer = exchange(self.address, b'POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n'
+                          b'Connection: close\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n')
+        self.assertTrue(answer.endswith(b'POST /c abcde'), answer)
+        answer = exchange(self.address, b'\r\n\r\nPOST /l HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n'
+                          b'Connection: close\r\n\r\nxyz')  # empty lines before a request: ignored
+        self.assertTrue(answer.endswith(b'POST /l xyz'), answer)
+
+    def test_expect_100_continue_is_answered_once(self):
+        with socket.create_connection(self.address, timeout=5) as client:
+            client.sendall(b'POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n'
+                           b'Expect: 100-continue\r\nConnection: close\r\n\r\n')
+            self.assertEqual(client.recv(100), b'HTTP/1.1 100 Continue\r\n\r\n')
+            client.sendall(b'abc')
+            answer = b''
+            while chunk := client.recv(4096):
+                answer += chunk
+        self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
+        self.assertTrue(answer.endswith(b'POST /e abc'), answer)
+
+    def test_half_a_head_then_the_end_is_answered_by_cheroot(self):
+        with socket.create_connection(self.address, timeout=5) as client:
+            client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n')
+            client.shutdown(socket.SHUT_WR)
+            answer = client.recv(4096)
+        self.assertTrue(answer.startswith(b'HTTP/1.1 400 '), answer)
+
+    def test_a_silent_connection_gets_408_at_socket_timeout(self):
+        started = time.monotonic()
+        answer = exchange(self.address, b'')
+        self.assertTrue(answer.startswith(b'HTTP/1.1 408 '), answer)
+        self.assertLess(time.monotonic() - started, 3)  # socket_timeout 1 s, checked every 0.5 s
+        answer = exchange(self.address, b'GET / HTTP/1.1\r\nHost: x\r\n')  # half a head
+        self.assertTrue(answer.startswith(b'HTTP/1.1 408 '), answer)
+        answer = exchange(self.address, b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nab')
+        self.assertTrue(answer.startswith(b'HTTP/1.1 408 '), answer)
+
+    def test_slow_clients_do_not_hold_the_workers(self):
+        """Slowloris and slow bodies, ten times the workers: a fresh request still runs."""
+        slow = []
+        try:
+            for i in range(20):
+                client = socket.create_connection(self.address)
+                slow.append(client)
+                client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\nX-A: ' if i % 2 else
+                               b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab')
+            time.sleep(0.2)
+            for _ in range(3):
+                started = time.monotonic()
+                answer = exchange(self.address, b'GET /fresh HTTP/1.1\r\nHost: x\r\n'
+                                  b'Connection: close\r\n\r\n')
+                self.assertTrue(answer.endswith(b'GET /fresh '), answer)
+                self.assertLess(time.monotonic() - started, 0.5)
+        finally:
+            for client in slow:
+                client.close()
+
+    def test_repeated_client_errors_are_logged_once_per_interval(self):
+        lines = []
+        with mock.patch.object(self.server.client_errors, 'log',
+                               lambda message, **kw: lines.append(message)), \
+                mock.patch.object(self.server.client_errors, '_seen', {}):
+            for _ in range(5):
+                exchange(self.address, b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n')
+            self.server.client_errors.INTERVAL = 0
+            try:
+                exchange(self.address, b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n')
+            finally:
+                del self.server.client_errors.INTERVAL
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn('More than one Host', lines[0])
+        self.assertIn('(4 more like it', lines[1])
+
+
+class QueueLimitTest(unittest.TestCase):
+
+    def test_accepted_queue_size_is_honoured(self):
+        pool = production.PacedQueue(1, maxsize=2)
+        self.addCleanup(setattr, pool, 'closed', True)
+        pool.put('a')
+        pool.put('b')
+        with self.assertRaises(queue.Full):
+            pool.put('c')
+        pool.put(production._STOP_WORKER)  # a stop is never refused
+
+
+class OpenFilesTest(unittest.TestCase):
+
+    def test_the_soft_limit_is_raised_to_the_hard_one(self):
+        limits = [(1024, 4096)]
+        with mock.patch.object(resource, 'getrlimit', lambda _: limits[-1]), \
+                mock.patch.object(resource, 'setrlimit', lambda _, value: limits.append(value)):
+            self.assertEqual(production.raise_open_files_limit(), (1024, 4096))
+            self.assertEqual(limits[-1], (4096, 4096))
+            with mock.patch.object(production, '_open_files', (1024, 4096)):
+                self.assertEqual(production.startup_note(), 'open files: 4096 (raised from 1024)')
+
+    def test_out_of_descriptors_it_pauses_accepting_and_keeps_serving(self):
+        """A hard limit of 100 open files and 300 connections: the process stays up, logs
+        a few lines, and answers once the connections are gone."""
+        code = ('import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100));'
+                'sys.argv = ["run.py"]; runpy.run_path("run.py", run_name="__main__")')
+        port, admin = free_ports(2)
+        env = dict(os.environ, HOST='127.0.0.1', PORT=str(port), ADMIN_PORT=str(admin))
+        proc = subprocess.Popen([sys.executable, '-c', code], cwd=HERE, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        clients = []
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    if request('GET', '/healthcheck', port=port, timeout=1)[0] == 200:
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            for _ in range(300):
+                try:
+                    clients.append(socket.create_connection(('127.0.0.1', port), timeout=1))
+                except OSError:
+                    break
+            time.sleep(1.5)
+            self.assertIsNone(proc.poll(), 'the server exited')
+            for client in clients:
+                client.close()
+            clients = []
+            started = time.monotonic()
+            status = None
+            while status != 200 and time.monotonic() - started < 5:
+                try:
+                    status = request('GET', '/', port=port, timeout=1)[0]
+                except OSError:
+                    time.sleep(0.1)
+            self.assertEqual(status, 200)
+        finally:
+            for client in clients:
+                client.close()
+            proc.terminate()
+            output = proc.communicate(timeout=20)[0]
+        self.assertLess(len(output.splitlines()), 40, output)
+        self.assertIn('not accepting', output)
+        self.assertNotIn('Traceback', output)
+
+
+class UpstreamTest(unittest.TestCase):
+
+    def test_every_private_name_we_rely_on_still_exists(self):
+        """production.UPSTREAM lists them; a cheroot or CherryPy upgrade that drops one fails here."""
+        for name, why in production.UPSTREAM.items():
+            self.assertTrue(why)
+            owner, _, attribute = name.rpartition('.')
+            if owner.endswith(')'):  # an attribute set on instances: in the class's source
+                cls = _resolve(owner[:-2])
+                source = ''.join(inspect.getsource(c) for c in cls.__mro__ if c is not object)
+                self.assertIn('self.' + attribute + ' =', source, name)
+            else:
+                self.assertTrue(hasattr(_resolve(owner), attribute), name)
+
+
+def _resolve(dotted):
+    parts = dotted.split('.')
+    for cut in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module('.'.join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            value = getattr(value, part)
+        return value
+    raise ImportError(dotted)
+
+
+if __name__ == '__main__':
+    unittest.main()
+
+
+class SlowReaderTest(unittest.TestCase):
+
+    def test_a_slow_reader_holds_a_worker_for_a_bounded_time(self):
+        """Each piece is taken within socket_timeout, but the whole answer goes at 40 KB/s:
+        the worker gives up once the answer's budget (socket_timeout + size / SEND_RATE)
+        is spent, instead of serving the client for minutes."""
+        piece = b'x' * 16384
+
+        def app(environ, start_response):
+            start_response('200 OK', [('Content-Length', str(len(piece) * 1024))])
+            return (piece for _ in range(1024))  # 16 MiB
+
+        done = threading.Event()
+        communicate = production.TunedConnection.communicate
+
+        def timed(conn):
+            try:
+                return communicate(conn)
+            finally:
+                done.set()
+
+        with mock.patch.object(production.TunedConnection, 'communicate', timed), \
+                mock.patch.object(production._SocketWriter, "SEND_RATE", 2**20):
+            server = serve_in_thread(app, timeout=1)
+            self.addCleanup(server.stop)
+            with socket.create_connection(server.bind_addr) as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+                client.settimeout(0.5)
+                started = time.monotonic()
+                while not done.is_set() and time.monotonic() - started < 20:
+                    try:
+                        client.recv(2048)
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+        self.assertTrue(done.is_set())
+        self.assertLess(time.monotonic() - started, 15)  # without the budget: about 400 s
