@@ -7,6 +7,7 @@ Most tests share one server started in this process (setUpModule). Tests of star
 bad settings and signals run `python run.py` as a subprocess, as a user would.
 """
 import collections
+import json
 import concurrent.futures
 import http.client
 import os
@@ -34,6 +35,18 @@ THREADS = 8  # small, so that "every worker busy" is cheap to arrange
 
 class Slow:
     """Test-only handlers mounted on the shared server."""
+
+    @cherrypy.expose
+    @cherrypy.tools.allow(methods=['POST'])
+    @cherrypy.tools.json_in()
+    @cherrypy.tools.json_out()
+    def greet(self):  # a JSON API as the README shows one
+        name = cherrypy.request.json.get('name')
+        if not name:
+            raise cherrypy.HTTPError(422, 'name is required')
+        if name == 'boom':
+            raise RuntimeError('secret detail')
+        return {'hello': name}
 
     @cherrypy.expose
     def sleep(self, seconds='1'):
@@ -664,6 +677,187 @@ class SettingsTest(unittest.TestCase):
                 self.assertTrue(printed.startswith('Bad setting: '), printed)
                 self.assertEqual(printed.count('\n'), 1)
 
+
+
+class JsonErrorsTest(unittest.TestCase):
+    """A handler with tools.json_out answers its errors in JSON, with the right status."""
+
+    def post(self, body, content_type='application/json'):
+        status, headers, answer = request('POST', '/test/greet', body=body,
+                                          headers={'Content-Type': content_type})
+        return status, headers['Content-Type'], json.loads(answer)
+
+    def test_a_good_body_gets_its_answer(self):
+        self.assertEqual(self.post(b'{"name": "Ada"}'), (200, 'application/json', {'hello': 'Ada'}))
+
+    def test_errors_are_json_with_their_status(self):
+        for body, content_type, status in ((b'{"nam', 'application/json', 400),
+                                           (b'{}', 'application/json', 422),
+                                           (b'name=Ada', 'application/x-www-form-urlencoded', 415)):
+            answer = self.post(body, content_type)
+            self.assertEqual(answer[:2], (status, 'application/json'), body)
+            self.assertTrue(answer[2]['status'].startswith(str(status)), answer)
+        self.assertEqual(self.post(b'{}')[2]['message'], 'name is required')
+
+    def test_get_of_a_post_only_handler_is_405_not_500(self):
+        status, headers, body = request('GET', '/test/greet')
+        self.assertEqual((status, headers['Allow']), (405, 'POST'))
+        self.assertEqual(json.loads(body)['status'], '405 Method Not Allowed')
+
+    def test_an_exception_is_a_bare_json_500(self):
+        with CaptureLog('cherrypy.error'):
+            status, content_type, answer = self.post(b'{"name": "boom"}')
+        self.assertEqual((status, content_type), (500, 'application/json'))
+        self.assertNotIn('secret', json.dumps(answer))
+        self.assertNotIn('traceback', answer)
+
+    def test_other_pages_keep_html_errors(self):
+        status, headers, body = request('GET', '/no/such/page')
+        self.assertEqual(status, 404)
+        self.assertTrue(body.startswith(b'<!DOCTYPE html>'), body)
+
+
+def project_copy(folder, prod_conf_lines=''):
+    """The project's code in `folder`, with lines added to its prod.conf (those of a
+    [global] section go into the file's own)."""
+    for name in ('run.py', 'prod.conf'):
+        shutil.copy(os.path.join(HERE, name), folder)
+    for name in ('server', 'static'):
+        shutil.copytree(os.path.join(HERE, name), os.path.join(folder, name),
+                        ignore=shutil.ignore_patterns('__pycache__', 'tests'))
+    conf = os.path.join(folder, 'prod.conf')
+    with open(conf) as f:
+        text = f.read()
+    if prod_conf_lines.lstrip().startswith('[global]'):
+        added = prod_conf_lines.lstrip()[len('[global]\n'):]
+        text = text.replace('[global]\n', '[global]\n' + added, 1)
+    else:
+        text += prod_conf_lines
+    with open(conf, 'w') as f:
+        f.write(text)
+    return folder
+
+
+# A setting of your own and the page that reads it, as the README shows them.
+GREETING_CONF = """
+[global]
+ops.greeting: 'Hello'
+ops.retries: 3
+ops.beta: False
+"""
+GREETING_SERVER = """
+import cherrypy, run
+from server import settings
+run.Landing.greeting = cherrypy.expose(lambda self: repr(
+    (settings.get('ops.greeting'), settings.get('ops.retries'), settings.get('ops.beta'))))
+run.main()
+"""
+
+
+class OwnSettingsTest(unittest.TestCase):
+
+    def test_a_handler_reads_its_setting_and_the_environment_overrides_it(self):
+        with tempfile.TemporaryDirectory() as folder:
+            project_copy(folder, GREETING_CONF)
+            for env, expected in (({}, "('Hello', 3, False)"),
+                                  ({'GREETING': 'Hi', 'RETRIES': '5', 'BETA': 'yes'},
+                                   "('Hi', 5, True)")):
+                proc, port, _ = start_server(env, code=GREETING_SERVER, cwd=folder)
+                try:
+                    self.assertEqual(request('GET', '/greeting', port=port)[2].decode(), expected)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    stop(proc)
+
+    def test_bad_values_exit_2_naming_them_from_the_environment_and_prod_conf(self):
+        cases = ((GREETING_CONF, None, {'RETRIES': 'many'}, "RETRIES='many': must be a whole number"),
+                 ('', ('server.socket_port: 8080', 'server.socket_port: 70000'), {},
+                  'prod.conf: server.socket_port: 70000: must be a whole number from 1 to 65535'),
+                 ('', ('ops.drain_seconds: 0', "ops.drain_seconds: 'soon'"), {}, 'DRAIN_SECONDS'),
+                 ('', ('ops.static_max_age: 3600', 'ops.static_max_age: -1'), {}, 'STATIC_MAX_AGE'))
+        for added, (old, new), env, message in ((a, r or ('', ''), e, m) for a, r, e, m in cases):
+            with tempfile.TemporaryDirectory() as folder:
+                conf = os.path.join(project_copy(folder, added), 'prod.conf')
+                with open(conf) as f:
+                    text = f.read()
+                with open(conf, 'w') as f:
+                    f.write(text.replace(old, new, 1))
+                full = dict(os.environ, HOST='127.0.0.1', ADMIN_PORT='0', **env)
+                full.pop('PORT', None)  # the file's value, not the environment's
+                done = subprocess.run([sys.executable, 'run.py'], cwd=folder, env=full,
+                                      capture_output=True, text=True, timeout=20)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertEqual(done.stderr.count('\n'), 1, done.stderr)
+            self.assertIn(message, done.stderr)
+
+
+ROBOTS_CONF = """
+[/robots.txt]
+tools.staticfile.on: True
+tools.staticfile.filename: 'static/robots.txt'
+"""
+
+
+class StaticSectionsTest(unittest.TestCase):
+    """Cache-Control and STATIC_MAX_AGE reach every section that serves files, yours too."""
+
+    def test_a_file_at_its_own_url_is_cached_like_the_others(self):
+        with tempfile.TemporaryDirectory() as folder:
+            project_copy(folder, ROBOTS_CONF)
+            with open(os.path.join(folder, 'static', 'robots.txt'), 'w') as f:
+                f.write('User-agent: *\n')
+            for env, age in (({}, 3600), ({'STATIC_MAX_AGE': '60'}, 60)):
+                proc, port, _ = start_server(env, cwd=folder)
+                try:
+                    for path in ('/robots.txt', '/logo.png', '/static/style.css'):
+                        status, headers, _ = request('GET', path, port=port)
+                        self.assertEqual((status, headers['Cache-Control']),
+                                         (200, f'public, max-age={age}'), (path, env))
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    stop(proc)
+
+
+# A test run that fails with its server still running; it prints the server's process id.
+LEAKY_TEST = """
+from server import testing
+proc, port, admin = testing.start_server()
+print(proc.pid, flush=True)
+raise SystemExit(1)
+"""
+
+
+class NoServerLeftBehindTest(unittest.TestCase):
+
+    def assertGone(self, pid):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(f'/proc/{pid}/stat') as f:
+                    if f.read().split(') ', 1)[1].startswith('Z'):
+                        return  # dead, waiting for its parent to collect it
+            except FileNotFoundError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        self.fail(f'server {pid} outlived its test process')
+
+    def test_a_failed_test_run_leaves_no_server(self):
+        done = subprocess.run([sys.executable, '-c', LEAKY_TEST], cwd=HERE, capture_output=True,
+                              text=True, timeout=30)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertGone(int(done.stdout))
+
+    def test_a_killed_test_run_leaves_no_server(self):
+        code = LEAKY_TEST.replace('raise SystemExit(1)', 'import time; time.sleep(60)')
+        runner = subprocess.Popen([sys.executable, '-c', code], cwd=HERE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            pid = int(runner.stdout.readline())
+        finally:
+            runner.kill()
+            runner.communicate()
+        self.assertGone(pid)
 
 
 # A server with a slow handler, as a user would add one; for the signal tests.
