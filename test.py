@@ -9,6 +9,7 @@ a few test-only pages mounted at /test; server/testing.py has the helpers used h
 import email.utils
 import gzip
 import os
+import signal
 import socket
 import time
 import unittest
@@ -261,6 +262,17 @@ class StaticFilesTest(unittest.TestCase):
             else:
                 self.assertIn(status, (400, 403, 404), path)
 
+
+
+class ServerProcessTest(unittest.TestCase):
+
+    def test_run_py_serves_then_stops_with_status_0_on_sigterm(self):
+        proc, port, _ = testing.start_server()  # `python run.py`, as ./run.sh and Docker start it
+        self.assertEqual(request('GET', '/', port=port)[0], 200)
+        proc.send_signal(signal.SIGTERM)  # what docker stop sends
+        out, err = testing.stop(proc)
+        self.assertEqual(proc.returncode, 0, err[-2000:])
+        self.assertIn('Serving on http://127.0.0.1', out)
 
 
 class YourTests(unittest.TestCase):

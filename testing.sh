@@ -42,7 +42,9 @@ if [ "${#suites[@]}" -gt 1 ]; then
   "$python" -m coverage run -m server.tests "$@" || status=$?
 fi
 "$python" -m coverage combine --quiet
-"$python" -m coverage report -m
+report=()
+if [ "${#suites[@]}" -eq 1 ]; then report=(--omit 'server/*'); fi  # the site's files only
+"$python" -m coverage report -m "${report[@]}"
 if [ "$status" -ne 0 ]; then
   echo "testing.sh: tests failed" >&2
   exit "$status"
