@@ -13,7 +13,8 @@ import os
 
 # The machinery first: from its import on, SIGTERM exits 0 (server/__init__.py).
 # Optional parts have a line of their own, so removing one removes its lines (README "Remove it").
-from server import production, settings, jsonapi
+from server import production, settings
+from server import jsonapi     # JSON handlers answer their errors in JSON
 from server import probes      # readiness checks, SIGTERM drain, the admin listener
 from server import dashboard   # visit counts, /stats, /metrics, /dashboard
 from server import workers     # WORKERS=N processes on one port
@@ -88,7 +89,7 @@ def configure():
     config = settings.load(CONF, root_dir=HERE)  # prod.conf < environment variables
     app = cherrypy.tree.mount(Landing(), '', config.app_config)
     production.install(app, config)  # error pages, access log, connection handling
-    jsonapi.install(app)             # JSON handlers answer their errors in JSON
+    jsonapi.install(app)
     probes.install(config, Landing.healthcheck)
     dashboard.install(app, probes.lifecycle.admin_root)  # its pages live on the admin listener
     return config

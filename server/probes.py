@@ -25,7 +25,7 @@ import time
 import cherrypy
 from cherrypy.process import servers
 
-from . import production
+from . import exit_once_started, production
 
 STARTING, READY, DRAINING, STOPPED = 'starting', 'ready', 'draining', 'stopped'
 ADMIN_THREADS = 4       # probes take about a millisecond; 4 threads serve thousands a second
@@ -185,23 +185,12 @@ def _admin_server(config, root):
     return servers.ServerAdapter(cherrypy.engine, server, address)
 
 
-def _exit_once_started():
-    """engine.exit(), after the bus has finished starting: exiting while it is still
-    starting ends the process with status 70 (CherryPy's EX_SOFTWARE), not 0."""
-    while cherrypy.engine.state == cherrypy.engine.states.STARTING:
-        time.sleep(0.01)
-    cherrypy.engine.exit()
-
-
 def _on_signal(drain_seconds):
     def handler():
         if lifecycle.state == DRAINING:  # a second Ctrl-C or SIGTERM: do not wait
             cherrypy.log('Second stop signal: stopping now', 'PROBES')
             lifecycle.drain_timer.cancel()
-            if cherrypy.engine.state == cherrypy.engine.states.STARTING:
-                threading.Thread(target=_exit_once_started).start()  # not in the start's thread
-            else:
-                cherrypy.engine.exit()
+            exit_once_started()
             return
         if lifecycle.state == STARTING:  # stopping half-started would exit 70: finish first
             lifecycle.stop_requested = True
@@ -212,7 +201,7 @@ def _on_signal(drain_seconds):
         for server in _listeners():
             server.draining = True  # answers now say "Connection: close"
         cherrypy.log(f'Stop requested: readiness 503, serving {drain_seconds} s more', 'PROBES')
-        lifecycle.drain_timer = threading.Timer(drain_seconds, _exit_once_started)
+        lifecycle.drain_timer = threading.Timer(drain_seconds, exit_once_started)
         lifecycle.drain_timer.start()
     return handler
 
