@@ -1,7 +1,8 @@
 """Tests of the site: a real server on free loopback ports, spoken to over real HTTP.
 
-    ./testing.sh            # these and the server's own tests (server/tests/), under coverage
-    python test.py -v       # these only
+    ./testing.sh --site     # these only, under coverage (what ./run.sh runs in the image)
+    ./testing.sh            # these and the server's own tests (server/tests/), as CI does
+    python test.py -v       # these only, each test by name
 
 Add your own tests at the end (YourTests). The server runs in this process (setUpModule), with
 a few test-only pages mounted at /test; server/testing.py has the helpers used here.
