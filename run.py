@@ -1,18 +1,25 @@
-"""A minimal CherryPy server: a landing page, static files and a health check.
+"""Your site: a landing page, static files and a health check. README.md says how to change it.
 
-    python run.py      # serve on http://0.0.0.0:8080 (settings: prod.conf, then environment variables)
-    ./testing.sh       # run test.py under coverage
+    ./run.sh           # build the image, test it, run it (or: python run.py, on port 8080)
+    ./testing.sh       # the tests (test.py, then the server's own)
 
 CherryPy maps URLs to Python objects: the object mounted at "/" answers "/", its
 attribute `healthcheck` answers "/healthcheck", and so on. A method answers a URL only
 if it is marked with @cherrypy.expose. Add a page by adding an exposed method.
+Settings are in prod.conf; the server's machinery is the server/ package.
 """
 import html
 import os
 
-import cherrypy
+# The machinery first: from its import on, SIGTERM exits 0 (server/__init__.py).
+# Optional parts have a line of their own, so removing one removes its lines (README "Remove it").
+from server import production, settings
+from server import jsonapi     # JSON handlers answer their errors in JSON
+from server import probes      # readiness checks, SIGTERM drain, the admin listener
+from server import dashboard   # visit counts, /stats, /metrics, /dashboard
+from server import workers     # WORKERS=N processes on one port
 
-from server import dashboard, probes, production, settings, workers  # the machinery: server/README.md
+import cherrypy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Server settings and static content live in prod.conf; environment variables override it.
@@ -20,7 +27,7 @@ CONF = os.path.join(HERE, 'prod.conf')
 
 
 class HealthCheck:
-    """Answers load balancers and Kubernetes probes at /healthcheck.
+    """Answers the health checks of load balancers and Kubernetes at /healthcheck.
 
     Health answers must never be cached by a proxy (a stale "Yay" would keep a dead
     server in rotation), hence Cache-Control: no-store on every answer.
@@ -82,14 +89,15 @@ def configure():
     config = settings.load(CONF, root_dir=HERE)  # prod.conf < environment variables
     app = cherrypy.tree.mount(Landing(), '', config.app_config)
     production.install(app, config)  # error pages, access log, connection handling
-    probes.install(config, Landing.healthcheck)  # SIGTERM drain, admin listener
-    dashboard.install(app, probes.lifecycle.admin_root)  # visits, /stats, /metrics, /dashboard
+    jsonapi.install(app)
+    probes.install(config, Landing.healthcheck)
+    dashboard.install(app, probes.lifecycle.admin_root)  # its pages live on the admin listener
     return config
 
 
 def serve(config):
     """Start the configured server and block until it is stopped."""
-    cherrypy.engine.signals.subscribe()  # SIGTERM/SIGINT stop gracefully (see probes.py)
+    cherrypy.engine.signals.subscribe()  # SIGTERM/SIGINT stop gracefully
     cherrypy.engine.start()
     print(config.summary(), flush=True)
     cherrypy.engine.block()              # until the engine exits
@@ -98,7 +106,7 @@ def serve(config):
 def main():
     config = configure()
     production.check_port_free(config)  # one clear line instead of a traceback
-    if config['ops.workers'] > 1:       # several processes on one port: see workers.py
+    if config['ops.workers'] > 1:
         raise SystemExit(workers.fork(config['ops.workers'], lambda: serve(config)))
     serve(config)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the image, run the tests inside it, then run it:   ./run.sh   (./run.sh bash gives a shell)
-# Without a reachable container engine it runs locally instead: .venv, ./testing.sh, python run.py.
+# Build the image, run the site's tests inside it, then run it:   ./run.sh   (./run.sh bash gives a shell)
+# Without a reachable container engine it runs locally instead: .venv, the same tests, python run.py.
+# The tests here are ./testing.sh --site (test.py, seconds); CI runs the full ./testing.sh.
 set -euo pipefail
 # Settings (environment variables):
 ENGINE=${ENGINE:-docker}                      # docker or podman: same command line
@@ -16,7 +17,7 @@ if ! "$ENGINE" info >/dev/null 2>&1; then     # no engine installed, not running
   [ -x .venv/bin/python ] || python3 -m venv .venv   # the pinned dependencies, kept out of the system Python
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt  # no-op when in step
   export PATH="$PWD/.venv/bin:$PATH"          # "python" below and in testing.sh is the venv's
-  ./testing.sh || { echo "run.sh: tests failed; not starting the server" >&2; exit 1; }
+  ./testing.sh --site || { echo "run.sh: tests failed; not starting the server" >&2; exit 1; }
   if [ $# -eq 0 ]; then set -- python run.py; fi
   exec "$@"                                   # the server (or your command) replaces this script
 fi
@@ -31,7 +32,7 @@ if [ "$(basename "$ENGINE")" = podman ]; then build+=(--format docker); fi
 "$ENGINE" build "${build[@]}" .
 
 # The image tests itself, as the user and with the files it will run with; no tests, no server.
-if ! "$ENGINE" run --rm "$IMAGE" ./testing.sh; then
+if ! "$ENGINE" run --rm "$IMAGE" ./testing.sh --site; then
   echo "run.sh: tests failed inside image $IMAGE; not starting the container" >&2
   exit 1
 fi

@@ -1,15 +1,16 @@
 """Tests of the site: a real server on free loopback ports, spoken to over real HTTP.
 
-    ./testing.sh            # these and the server's own tests (server/tests/), under coverage
-    python test.py -v       # these only
+    ./testing.sh --site     # these only, under coverage (what ./run.sh runs in the image)
+    ./testing.sh            # these and the server's own tests (server/tests/), as CI does
+    python test.py -v       # these only, each test by name
 
 Add your own tests at the end (YourTests). The server runs in this process (setUpModule), with
 a few test-only pages mounted at /test; server/testing.py has the helpers used here.
 """
-import concurrent.futures
 import email.utils
 import gzip
 import os
+import signal
 import socket
 import time
 import unittest
@@ -17,7 +18,7 @@ import unittest
 import cherrypy
 
 from server import production, testing
-from server.testing import HERE, CaptureLog, free_ports, raw, request
+from server.testing import HERE, CaptureLog, raw, request
 
 THREADS = 8
 
@@ -58,15 +59,11 @@ class Slow:
 
 
 
-PORT, ADMIN_PORT = free_ports(2)
+PORT = testing.PORT
 
 
 def setUpModule():
-    testing.start_site(THREADS, mount={'/test': Slow()}, ports=(PORT, ADMIN_PORT))
-
-
-def tearDownModule():
-    testing.stop_site()
+    testing.shared_site(THREADS, mount={'/test': Slow()})
 
 
 
@@ -106,7 +103,7 @@ class LandingPageTest(unittest.TestCase):
     def test_every_answer_carries_hardening_headers_once(self):
         for method, path, port in (('GET', '/', PORT), ('GET', '/logo.png', PORT),
                                    ('GET', '/no/such/page', PORT), ('POST', '/', PORT),
-                                   ('GET', '/test/boom', PORT), ('GET', '/dashboard', ADMIN_PORT)):
+                                   ('GET', '/test/boom', PORT)):
             status, headers, _ = request(method, path, port=port, body=b'x' if method == 'POST' else None)
             where = (method, path, status)
             self.assertEqual(headers.get_all('X-Content-Type-Options'), ['nosniff'], where)
@@ -147,31 +144,6 @@ class HealthCheckTest(unittest.TestCase):
     def test_liveness(self):
         status, headers, _ = request('GET', '/healthcheck/live')
         self.assertEqual((status, headers['Cache-Control']), (200, 'no-store'))
-
-    def test_admin_listener_answers_the_same_probes(self):
-        self.assertEqual(request('GET', '/healthcheck', port=ADMIN_PORT)[2], b'Yay<br />\n')
-        self.assertEqual(request('GET', '/healthcheck/live', port=ADMIN_PORT)[0], 200)
-        self.assertEqual(request('GET', '/', port=ADMIN_PORT)[0], 404)  # no site there
-
-    def test_admin_probes_answer_head_no_store_and_405(self):
-        for path in ('/healthcheck', '/healthcheck/', '/healthcheck?t=1', '/healthcheck/live'):
-            status, headers, body = request('HEAD', path, port=ADMIN_PORT)
-            self.assertEqual((status, body, headers['Cache-Control']), (200, b'', 'no-store'), path)
-            self.assertEqual(request('GET', path, port=ADMIN_PORT)[1]['Cache-Control'], 'no-store')
-        status, headers, _ = request('POST', '/healthcheck', port=ADMIN_PORT, body=b'x')
-        self.assertEqual((status, headers['Allow']), (405, 'GET, HEAD'))
-
-    def test_probes_answer_while_every_main_worker_is_busy(self):
-        with concurrent.futures.ThreadPoolExecutor(THREADS * 2) as pool:
-            slow = [pool.submit(request, 'GET', '/test/sleep?seconds=2', timeout=10)
-                    for _ in range(THREADS * 2)]
-            time.sleep(0.5)  # every main worker is now sleeping
-            started = time.monotonic()
-            status, _, body = request('GET', '/healthcheck', port=ADMIN_PORT, timeout=1)
-            elapsed = time.monotonic() - started
-            self.assertEqual((status, body), (200, b'Yay<br />\n'))
-            self.assertLess(elapsed, 1.0)  # Kubernetes' default probe timeout
-            self.assertTrue(all(f.result()[0] == 200 for f in slow))
 
     def test_fresh_requests_answered_with_500_idle_connections_open(self):
         idle = [socket.create_connection(('127.0.0.1', PORT)) for _ in range(500)]
@@ -291,6 +263,17 @@ class StaticFilesTest(unittest.TestCase):
             else:
                 self.assertIn(status, (400, 403, 404), path)
 
+
+
+class ServerProcessTest(unittest.TestCase):
+
+    def test_run_py_serves_then_stops_with_status_0_on_sigterm(self):
+        proc, port, _ = testing.start_server()  # `python run.py`, as ./run.sh and Docker start it
+        self.assertEqual(request('GET', '/', port=port)[0], 200)
+        proc.send_signal(signal.SIGTERM)  # what docker stop sends
+        out, err = testing.stop(proc)
+        self.assertEqual(proc.returncode, 0, err[-2000:])
+        self.assertIn('Serving on http://127.0.0.1', out)
 
 
 class YourTests(unittest.TestCase):

@@ -2,7 +2,8 @@
 # Run the tests under coverage and print the report:
 #   ./testing.sh          the site's tests (test.py), then the server's own (server/tests/)
 #   ./testing.sh --site   test.py only: the quick check ./run.sh makes before each start
-# Exits non-zero if a test fails or if coverage of run.py falls under 90%.
+# Exits non-zero if a test fails, or (without --site) if tests cover under 90% of run.py:
+# the quick check only warns, so a page without its test yet still starts.
 # Works in the container image (dependencies installed there) and on a fresh machine,
 # where it first creates .venv from requirements.txt.
 set -euo pipefail
@@ -42,11 +43,16 @@ if [ "${#suites[@]}" -gt 1 ]; then
   "$python" -m coverage run -m server.tests "$@" || status=$?
 fi
 "$python" -m coverage combine --quiet
-"$python" -m coverage report -m
+report=()
+if [ "${#suites[@]}" -eq 1 ]; then report=(--omit 'server/*'); fi  # the site's files only
+"$python" -m coverage report -m "${report[@]}"
 if [ "$status" -ne 0 ]; then
   echo "testing.sh: tests failed" >&2
   exit "$status"
 fi
-"$python" -m coverage report --include=run.py --fail-under=90 >/dev/null \
-  || { echo "testing.sh: coverage of run.py is under 90%" >&2; exit 1; }
+if ! "$python" -m coverage report --include=run.py --fail-under=90 >/dev/null; then
+  echo "testing.sh: coverage of run.py is under 90%: test your pages in YourTests (test.py)" >&2
+  if [ "${#suites[@]}" -gt 1 ]; then exit 1; fi
+  exit 0
+fi
 echo "testing.sh: all tests passed; run.py coverage at least 90%"

@@ -19,14 +19,13 @@ Register a readiness check (none by default) in run.py:
     def database():
         db.ping()        # raise, or return False, when not ready
 """
-import concurrent.futures
 import threading
 import time
 
 import cherrypy
 from cherrypy.process import servers
 
-from . import production
+from . import exit_once_started, production
 
 STARTING, READY, DRAINING, STOPPED = 'starting', 'ready', 'draining', 'stopped'
 ADMIN_THREADS = 4       # probes take about a millisecond; 4 threads serve thousands a second
@@ -46,7 +45,7 @@ class Lifecycle:
         self.checks = {}  # name: (function, timeout)
         self._cached = (0.0, None)  # (when, reason)
         self._lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix='readiness')
+        self._running = {}  # name: the _CheckRun still under way
 
     def not_ready_reason(self):
         """None when ready; else a short reason for the 503 body."""
@@ -63,17 +62,43 @@ class Lifecycle:
         return reason
 
     def _run_checks(self):
-        futures = {name: self._pool.submit(fn) for name, (fn, _) in self.checks.items()}
-        for name, future in futures.items():
-            try:
-                if future.result(timeout=self.checks[name][1]) is False:
-                    return f'check {name!r} failed'
-            except concurrent.futures.TimeoutError:
+        runs = {name: self._start(name, fn) for name, (fn, _) in self.checks.items()}
+        for name, run in runs.items():
+            if not run.done.wait(self.checks[name][1]):
                 return f'check {name!r} timed out'
-            except Exception as error:  # details go to the log, not to the client
-                cherrypy.log(f'Readiness check {name!r} failed: {error!r}', 'PROBES')
+            if run.error is not None:  # details go to the log, not to the client
+                cherrypy.log(f'Readiness check {name!r} failed: {run.error!r}', 'PROBES')
+                return f'check {name!r} failed'
+            if run.result is False:
                 return f'check {name!r} failed'
         return None
+
+    def _start(self, name, fn):
+        """A check still running from an earlier probe is waited on, not started again,
+        so one that hangs holds one thread, not one more each second."""
+        run = self._running.get(name)
+        if run is None or run.done.is_set():
+            run = self._running[name] = _CheckRun(name, fn)
+        return run
+
+
+class _CheckRun:
+    """One run of a readiness check in its own daemon thread: a check that hangs can
+    never hold up the process's exit (engine.block() waits for every non-daemon thread)."""
+
+    def __init__(self, name, fn):
+        self.result = self.error = None
+        self.done = threading.Event()
+        self.fn = fn
+        threading.Thread(target=self._run, name=f'readiness {name}', daemon=True).start()
+
+    def _run(self):
+        try:
+            self.result = self.fn()
+        except Exception as error:
+            self.error = error
+        finally:
+            self.done.set()
 
 
 lifecycle = Lifecycle()
@@ -165,7 +190,8 @@ def _on_signal(drain_seconds):
         if lifecycle.state == DRAINING:  # a second Ctrl-C or SIGTERM: do not wait
             cherrypy.log('Second stop signal: stopping now', 'PROBES')
             lifecycle.drain_timer.cancel()
-            cherrypy.engine.exit()
+            exit_once_started()
+            return
         if lifecycle.state == STARTING:  # stopping half-started would exit 70: finish first
             lifecycle.stop_requested = True
             return
@@ -175,7 +201,7 @@ def _on_signal(drain_seconds):
         for server in _listeners():
             server.draining = True  # answers now say "Connection: close"
         cherrypy.log(f'Stop requested: readiness 503, serving {drain_seconds} s more', 'PROBES')
-        lifecycle.drain_timer = threading.Timer(drain_seconds, cherrypy.engine.exit)
+        lifecycle.drain_timer = threading.Timer(drain_seconds, exit_once_started)
         lifecycle.drain_timer.start()
     return handler
 

@@ -1,11 +1,13 @@
 """Settings, twelve-factor style: CherryPy's defaults < prod.conf < environment variables.
 
-Every variable is checked before anything binds. A bad value prints one line that names
-the variable and says what is wrong, then exits with status 2, e.g.
+Every value is checked before anything binds, from prod.conf and from the environment alike.
+A bad one prints one line that names it and says what is wrong, then exits with status 2, e.g.
 
     PORT='abc': must be a whole number from 1 to 65535
 
-To add a setting: put its default in prod.conf, then add a line to VARIABLES below.
+Your own setting: put it in prod.conf's [global] as `ops.name: default`; the environment
+variable NAME overrides it (read as the default's type: text, whole number, number or
+True/False), and a handler reads it with `settings.get('ops.name')`.
 """
 import os
 import sys
@@ -15,8 +17,6 @@ from cherrypy.lib import reprconf
 
 # Our own settings live in prod.conf under "ops."; tell CherryPy the namespace is known.
 cherrypy.config.namespaces['ops'] = lambda key, value: None
-
-STATIC_SECTIONS = ('/logo.png', '/static')
 
 
 class SettingError(ValueError):
@@ -58,6 +58,20 @@ def _host(text):
     return text.strip()
 
 
+def _whole_number(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingError('must be a whole number') from None
+
+
+def _decimal(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingError('must be a number') from None
+
+
 def _development(on):
     # CherryPy's own defaults are its development mode: autoreload, tracebacks in responses.
     return {'environment': None, 'engine.autoreload.on': True, 'checker.on': True,
@@ -78,9 +92,11 @@ VARIABLES = {
     'DRAIN_SECONDS': ('ops.drain_seconds', _number(0, 3600)),
     'TRUST_PROXY': ('ops.trust_proxy', _switch),
     'WORKERS': ('ops.workers', _number(1, 64)),
-    'STATIC_MAX_AGE': (STATIC_SECTIONS, _number(0, 31536000)),  # tools.cache_control.max_age
+    'STATIC_MAX_AGE': ('ops.static_max_age', _number(0, 31536000)),  # every static section
     'DEV': (None, _switch),
 }
+# How a setting of your own (ops.* in prod.conf) reads its variable: by the default's type.
+PARSE_BY_TYPE = {bool: _switch, int: _whole_number, float: _decimal, str: str}
 
 
 # Global keys that configure the process, not a request: CherryPy applies them to its
@@ -108,10 +124,41 @@ class Settings:
                 f'(environment: {"development" if self.dev else "production"}, admin port: {admin})')
 
 
-def read_environment(environ):
+def get(key):
+    """A setting's value as the server runs with it: settings.get('ops.greeting')."""
+    if _current is None:
+        raise LookupError('settings.get() before settings.load(): call it from a handler')
+    return _current[key]
+
+
+_current = None  # the Settings of the last load()
+
+
+def user_variables(global_config):
+    """{VARIABLE: (key, parse)} for your own ops.* settings in prod.conf."""
+    known = {key for key, _ in VARIABLES.values()}
+    return {key[len('ops.'):].upper(): (key, PARSE_BY_TYPE[type(value)])
+            for key, value in global_config.items()
+            if key.startswith('ops.') and key not in known and type(value) in PARSE_BY_TYPE}
+
+
+def check_file_values(global_config, file_name):
+    """prod.conf's values go through the checks of their variables; returns them parsed."""
+    checked = {}
+    for name, (key, parse) in VARIABLES.items():
+        if key in global_config:
+            try:
+                checked[key] = parse(str(global_config[key]))
+            except SettingError as error:
+                raise SettingError(f'{file_name}: {key}: {global_config[key]!r}: {error} '
+                                   f'[{name}]') from None
+    return checked
+
+
+def read_environment(environ, variables=VARIABLES):
     """Return {variable: parsed value} for the variables that are set; SettingError if bad."""
     values = {}
-    for name, (_, parse) in VARIABLES.items():
+    for name, (_, parse) in variables.items():
         if name in environ:
             try:
                 values[name] = parse(environ[name])
@@ -137,20 +184,21 @@ def load(conf_path, root_dir, environ=os.environ):
             raise SettingError(f'{os.path.basename(conf_path)}: ops.response_headers: must be '
                                'a dict of header names (letters, digits, -) to values, '
                                'each ASCII text on one line')
-        values = read_environment(environ)
+        global_config = dict(file_config.pop('global', {}))
+        global_config.update(check_file_values(global_config, os.path.basename(conf_path)))
+        variables = dict(VARIABLES, **user_variables(global_config))
+        values = read_environment(environ, variables)
     except SettingError as error:
         print(f'Bad setting: {error}', file=sys.stderr)
         raise SystemExit(2)
 
-    global_config = dict(file_config.pop('global', {}))
     app_config = file_config
     for name, value in values.items():
-        key = VARIABLES[name][0]
-        if isinstance(key, tuple):
-            for section in key:
-                app_config.setdefault(section, {})['tools.cache_control.max_age'] = value
-        elif key:
+        key = variables[name][0]
+        if key:
             global_config[key] = value
+    _cache_static_files(app_config, global_config.get('ops.static_max_age', 0),
+                        override='STATIC_MAX_AGE' in values)
     dev = values.get('DEV', False)
     global_config.update(_development(dev))
 
@@ -163,4 +211,19 @@ def load(conf_path, root_dir, environ=os.environ):
     # keys no request reads. Keep them here instead; cherrypy.config keeps the per-request ones.
     process_wide = {key: cherrypy.config.pop(key) for key in list(cherrypy.config)
                     if key.split('.')[0] in PROCESS_WIDE}
-    return Settings(app_config, dev, process_wide)
+    global _current
+    _current = Settings(app_config, dev, process_wide)
+    return _current
+
+
+def _cache_static_files(app_config, max_age, override):
+    """Every section serving files, yours included, says how long browsers may keep them:
+    its own tools.cache_control.max_age if it sets one, else ops.static_max_age.
+    STATIC_MAX_AGE in the environment wins over both."""
+    for section in app_config.values():
+        if section.get('tools.staticdir.on') or section.get('tools.staticfile.on'):
+            section.setdefault('tools.cache_control.on', True)
+            if override:
+                section['tools.cache_control.max_age'] = max_age
+            else:
+                section.setdefault('tools.cache_control.max_age', max_age)

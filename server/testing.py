@@ -6,18 +6,29 @@ start_site() runs the site of run.py in this process on two free loopback ports;
 and raw() then talk to it over real sockets. start_server() runs `python run.py` as a user
 would, in a subprocess, and stop() makes sure it ends.
 """
+import atexit
+import ctypes
 import logging
 import http.client
+import signal
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import cherrypy
 import mock
 
+import server
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project folder
+
+# A test run stopped by SIGTERM (a CI time limit) must not exit 0 as the server does.
+if signal.getsignal(signal.SIGTERM) is server._exit_before_serving:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 PORT = ADMIN_PORT = None  # set by start_site()
 
 
@@ -66,6 +77,25 @@ def start_site(threads=8, mount=None, ports=None):
 
 def stop_site():
     cherrypy.engine.exit()
+
+
+SHARED_THREADS = 8
+_shared = []
+
+
+def shared_site(threads=SHARED_THREADS, mount=None):
+    """One site per test process on PORT and ADMIN_PORT, however many test modules ask for
+    it (CherryPy's engine starts once per process); each caller may mount its handlers."""
+    if not _shared:
+        _shared.append(start_site(threads, ports=(PORT, ADMIN_PORT)))
+        # Stop it once the main thread is done: Python waits for the server's threads
+        # before it runs atexit, so atexit would wait forever.
+        threading.Thread(target=lambda: (threading.main_thread().join(), stop_site()),
+                         daemon=True).start()
+    root = cherrypy.tree.apps[''].root
+    for name, handler in (mount or {}).items():
+        setattr(root, name.strip('/'), handler)
+    return _shared[0]
 
 
 def request(method, path, port=None, headers=None, body=None, timeout=5):
@@ -119,18 +149,46 @@ class CaptureLog(logging.Handler):
         self.logger.removeHandler(self)
 
 
-def start_server(extra_env=None, code=None, cwd=HERE):
-    """Start `python run.py` (or `python -c code`) on free ports; wait until it answers."""
+_started = []  # every server subprocess started here: none outlives the tests
+
+
+@atexit.register
+def kill_leftovers():
+    """A test that failed before stop() leaves its server running: end it here."""
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _die_with_parent():
+    """In the child: Linux kills it when the test process dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: kill_leftovers() still runs at a normal exit
+
+
+def track(proc):
+    """Kill this subprocess at the latest when the tests end."""
+    _started.append(proc)
+    return proc
+
+
+def start_server(extra_env=None, code=None, cwd=HERE, ready_status=200):
+    """Start `python run.py` (or `python -c code`) on free ports; wait until /healthcheck
+    answers `ready_status`."""
     port, admin = free_ports(2)
     env = dict(os.environ, HOST='127.0.0.1', PORT=str(port), ADMIN_PORT=str(admin),
                **(extra_env or {}))
     args = [sys.executable, '-c', code] if code else [sys.executable, os.path.join(cwd, 'run.py')]
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    track(proc)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:  # ready: every listener up and the engine started
-            if request('GET', '/healthcheck', port=admin, timeout=1)[0] == 200:
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:  # ready: 200 once every listener is up and the engine started
+            if request('GET', '/healthcheck', port=port, timeout=1)[0] == ready_status:
                 return proc, port, admin
         except OSError:
             time.sleep(0.05)
@@ -145,6 +203,9 @@ def stop(proc, timeout=20):
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.communicate()
+    finally:
+        if proc.poll() is None:  # interrupted (Ctrl-C) while waiting
+            proc.kill()
 
 
 def main():

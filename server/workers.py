@@ -17,15 +17,16 @@ import signal
 import sys
 
 import cherrypy
-
-from . import probes
+from cherrypy.process import servers
 
 
 def share_ports():
     """Let every worker bind the same ports, and skip CherryPy's "is the port free?" check,
     which would see the other workers and give up."""
-    adapters = [cherrypy.server, probes.lifecycle.admin]
-    for adapter in filter(None, adapters):
+    adapters = {cherrypy.server} | {  # the main listener, and any other (the admin one)
+        listener.__self__ for listener in cherrypy.engine.listeners['start']
+        if isinstance(getattr(listener, '__self__', None), servers.ServerAdapter)}
+    for adapter in adapters:
         adapter.httpserver.reuse_port = True
         adapter.bind_addr = None  # CherryPy checks a port only when it has an address
 

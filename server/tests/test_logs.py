@@ -9,10 +9,10 @@ import unittest
 import cherrypy
 import mock
 
-from server import logs, probes, settings, testing
-from server.testing import CaptureLog, flush_access_log, free_ports, raw, request, start_server, stop
+from server import logs, settings, testing
+from server.testing import CaptureLog, flush_access_log, raw, request, start_server, stop
 
-PORT, ADMIN_PORT = free_ports(2)
+PORT, ADMIN_PORT = testing.PORT, testing.ADMIN_PORT
 FRESH = re.compile(r'[0-9a-f]{32}')  # an id the server made
 ISO_UTC = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z')
 
@@ -39,12 +39,7 @@ class Handlers:
 
 
 def setUpModule():
-    testing.start_site(4, mount={'/logtest': Handlers()}, ports=(PORT, ADMIN_PORT))
-
-
-def tearDownModule():
-    testing.stop_site()
-    probes.lifecycle.admin.unsubscribe()  # the next module's site must not restart this one
+    testing.shared_site(mount={'/logtest': Handlers()})
 
 
 def get(path, headers=None, port=None):

@@ -7,6 +7,7 @@ Most tests share one server started in this process (setUpModule). Tests of star
 bad settings and signals run `python run.py` as a subprocess, as a user would.
 """
 import collections
+import json
 import concurrent.futures
 import http.client
 import os
@@ -25,8 +26,8 @@ import cheroot.makefile
 import cherrypy
 import mock
 
-from server import probes, production, settings, testing
-from server.testing import (HERE, CaptureLog, flush_access_log, free_port, free_ports,
+from server import production, settings, testing
+from server.testing import (HERE, CaptureLog, flush_access_log, free_port,
                             request, start_server, stop)
 
 THREADS = 8  # small, so that "every worker busy" is cheap to arrange
@@ -34,6 +35,18 @@ THREADS = 8  # small, so that "every worker busy" is cheap to arrange
 
 class Slow:
     """Test-only handlers mounted on the shared server."""
+
+    @cherrypy.expose
+    @cherrypy.tools.allow(methods=['POST'])
+    @cherrypy.tools.json_in()
+    @cherrypy.tools.json_out()
+    def greet(self):  # a JSON API as the README shows one
+        name = cherrypy.request.json.get('name')
+        if not name:
+            raise cherrypy.HTTPError(422, 'name is required')
+        if name == 'boom':
+            raise RuntimeError('secret detail')
+        return {'hello': name}
 
     @cherrypy.expose
     def sleep(self, seconds='1'):
@@ -91,16 +104,13 @@ def grafted(environ, start_response):
 
 
 
-PORT, ADMIN_PORT = free_ports(2)
+PORT, ADMIN_PORT = testing.PORT, testing.ADMIN_PORT
 
 
 def setUpModule():
-    testing.start_site(THREADS, mount={'/test': Slow()}, ports=(PORT, ADMIN_PORT))
-    cherrypy.tree.graft(grafted, '/grafted')
-
-
-def tearDownModule():
-    testing.stop_site()
+    testing.shared_site(THREADS, mount={'/test': Slow()})
+    if '/grafted' not in cherrypy.tree.apps:
+        cherrypy.tree.graft(grafted, '/grafted')
 
 
 class AccessLogTest(unittest.TestCase):
@@ -739,6 +749,187 @@ class SettingsTest(unittest.TestCase):
 
 
 
+class JsonErrorsTest(unittest.TestCase):
+    """A handler with tools.json_out answers its errors in JSON, with the right status."""
+
+    def post(self, body, content_type='application/json'):
+        status, headers, answer = request('POST', '/test/greet', body=body,
+                                          headers={'Content-Type': content_type})
+        return status, headers['Content-Type'], json.loads(answer)
+
+    def test_a_good_body_gets_its_answer(self):
+        self.assertEqual(self.post(b'{"name": "Ada"}'), (200, 'application/json', {'hello': 'Ada'}))
+
+    def test_errors_are_json_with_their_status(self):
+        for body, content_type, status in ((b'{"nam', 'application/json', 400),
+                                           (b'{}', 'application/json', 422),
+                                           (b'name=Ada', 'application/x-www-form-urlencoded', 415)):
+            answer = self.post(body, content_type)
+            self.assertEqual(answer[:2], (status, 'application/json'), body)
+            self.assertTrue(answer[2]['status'].startswith(str(status)), answer)
+        self.assertEqual(self.post(b'{}')[2]['message'], 'name is required')
+
+    def test_get_of_a_post_only_handler_is_405_not_500(self):
+        status, headers, body = request('GET', '/test/greet')
+        self.assertEqual((status, headers['Allow']), (405, 'POST'))
+        self.assertEqual(json.loads(body)['status'], '405 Method Not Allowed')
+
+    def test_an_exception_is_a_bare_json_500(self):
+        with CaptureLog('cherrypy.error'):
+            status, content_type, answer = self.post(b'{"name": "boom"}')
+        self.assertEqual((status, content_type), (500, 'application/json'))
+        self.assertNotIn('secret', json.dumps(answer))
+        self.assertNotIn('traceback', answer)
+
+    def test_other_pages_keep_html_errors(self):
+        status, headers, body = request('GET', '/no/such/page')
+        self.assertEqual(status, 404)
+        self.assertTrue(body.startswith(b'<!DOCTYPE html>'), body)
+
+
+def project_copy(folder, prod_conf_lines=''):
+    """The project's code in `folder`, with lines added to its prod.conf (those of a
+    [global] section go into the file's own)."""
+    for name in ('run.py', 'prod.conf'):
+        shutil.copy(os.path.join(HERE, name), folder)
+    for name in ('server', 'static'):
+        shutil.copytree(os.path.join(HERE, name), os.path.join(folder, name),
+                        ignore=shutil.ignore_patterns('__pycache__', 'tests'))
+    conf = os.path.join(folder, 'prod.conf')
+    with open(conf) as f:
+        text = f.read()
+    if prod_conf_lines.lstrip().startswith('[global]'):
+        added = prod_conf_lines.lstrip()[len('[global]\n'):]
+        text = text.replace('[global]\n', '[global]\n' + added, 1)
+    else:
+        text += prod_conf_lines
+    with open(conf, 'w') as f:
+        f.write(text)
+    return folder
+
+
+# A setting of your own and the page that reads it, as the README shows them.
+GREETING_CONF = """
+[global]
+ops.greeting: 'Hello'
+ops.retries: 3
+ops.beta: False
+"""
+GREETING_SERVER = """
+import cherrypy, run
+from server import settings
+run.Landing.greeting = cherrypy.expose(lambda self: repr(
+    (settings.get('ops.greeting'), settings.get('ops.retries'), settings.get('ops.beta'))))
+run.main()
+"""
+
+
+class OwnSettingsTest(unittest.TestCase):
+
+    def test_a_handler_reads_its_setting_and_the_environment_overrides_it(self):
+        with tempfile.TemporaryDirectory() as folder:
+            project_copy(folder, GREETING_CONF)
+            for env, expected in (({}, "('Hello', 3, False)"),
+                                  ({'GREETING': 'Hi', 'RETRIES': '5', 'BETA': 'yes'},
+                                   "('Hi', 5, True)")):
+                proc, port, _ = start_server(env, code=GREETING_SERVER, cwd=folder)
+                try:
+                    self.assertEqual(request('GET', '/greeting', port=port)[2].decode(), expected)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    stop(proc)
+
+    def test_bad_values_exit_2_naming_them_from_the_environment_and_prod_conf(self):
+        cases = ((GREETING_CONF, None, {'RETRIES': 'many'}, "RETRIES='many': must be a whole number"),
+                 ('', ('server.socket_port: 8080', 'server.socket_port: 70000'), {},
+                  'prod.conf: server.socket_port: 70000: must be a whole number from 1 to 65535'),
+                 ('', ('ops.drain_seconds: 0', "ops.drain_seconds: 'soon'"), {}, 'DRAIN_SECONDS'),
+                 ('', ('ops.static_max_age: 3600', 'ops.static_max_age: -1'), {}, 'STATIC_MAX_AGE'))
+        for added, (old, new), env, message in ((a, r or ('', ''), e, m) for a, r, e, m in cases):
+            with tempfile.TemporaryDirectory() as folder:
+                conf = os.path.join(project_copy(folder, added), 'prod.conf')
+                with open(conf) as f:
+                    text = f.read()
+                with open(conf, 'w') as f:
+                    f.write(text.replace(old, new, 1))
+                full = dict(os.environ, HOST='127.0.0.1', ADMIN_PORT='0', **env)
+                full.pop('PORT', None)  # the file's value, not the environment's
+                done = subprocess.run([sys.executable, 'run.py'], cwd=folder, env=full,
+                                      capture_output=True, text=True, timeout=20)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertEqual(done.stderr.count('\n'), 1, done.stderr)
+            self.assertIn(message, done.stderr)
+
+
+ROBOTS_CONF = """
+[/robots.txt]
+tools.staticfile.on: True
+tools.staticfile.filename: 'static/robots.txt'
+"""
+
+
+class StaticSectionsTest(unittest.TestCase):
+    """Cache-Control and STATIC_MAX_AGE reach every section that serves files, yours too."""
+
+    def test_a_file_at_its_own_url_is_cached_like_the_others(self):
+        with tempfile.TemporaryDirectory() as folder:
+            project_copy(folder, ROBOTS_CONF)
+            with open(os.path.join(folder, 'static', 'robots.txt'), 'w') as f:
+                f.write('User-agent: *\n')
+            for env, age in (({}, 3600), ({'STATIC_MAX_AGE': '60'}, 60)):
+                proc, port, _ = start_server(env, cwd=folder)
+                try:
+                    for path in ('/robots.txt', '/logo.png', '/static/style.css'):
+                        status, headers, _ = request('GET', path, port=port)
+                        self.assertEqual((status, headers['Cache-Control']),
+                                         (200, f'public, max-age={age}'), (path, env))
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    stop(proc)
+
+
+# A test run that fails with its server still running; it prints the server's process id.
+LEAKY_TEST = """
+from server import testing
+proc, port, admin = testing.start_server()
+print(proc.pid, flush=True)
+raise SystemExit(1)
+"""
+
+
+class NoServerLeftBehindTest(unittest.TestCase):
+
+    def assertGone(self, pid):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(f'/proc/{pid}/stat') as f:
+                    if f.read().split(') ', 1)[1].startswith('Z'):
+                        return  # dead, waiting for its parent to collect it
+            except FileNotFoundError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        self.fail(f'server {pid} outlived its test process')
+
+    def test_a_failed_test_run_leaves_no_server(self):
+        done = subprocess.run([sys.executable, '-c', LEAKY_TEST], cwd=HERE, capture_output=True,
+                              text=True, timeout=30)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertGone(int(done.stdout))
+
+    def test_a_killed_test_run_leaves_no_server(self):
+        code = LEAKY_TEST.replace('raise SystemExit(1)', 'import time; time.sleep(60)')
+        runner = subprocess.Popen([sys.executable, '-c', code], cwd=HERE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            pid = int(runner.stdout.readline())
+        finally:
+            runner.kill()
+            runner.communicate()
+        self.assertGone(pid)
+
+
 # A server with a slow handler, as a user would add one; for the signal tests.
 SLOW_SERVER = """
 import time, cherrypy, run
@@ -829,364 +1020,6 @@ class ProcessTest(unittest.TestCase):
         self.assertEqual([r[0] for r in results], [200] * 20)
         self.assertTrue(all(r[2] == b'done' for r in results))
         self.assertEqual(proc.returncode, 0, err)
-
-    def test_drain_keeps_serving_with_readiness_503_then_exits_0(self):
-        proc, port, admin = start_server({'DRAIN_SECONDS': '2'})
-        try:
-            self.assertEqual(request('GET', '/healthcheck', port=admin)[0], 200)
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            for probe_port in (port, admin):
-                status, headers, body = request('GET', '/healthcheck', port=probe_port)
-                self.assertEqual((status, body), (503, b'Not ready: draining\n'))
-                self.assertEqual(headers['Cache-Control'], 'no-store')
-            status, headers, _ = request('GET', '/', port=port)
-            self.assertEqual(status, 200)  # still serving while balancers deregister us
-            self.assertEqual(headers['Connection'], 'close')  # clients move elsewhere
-            self.assertEqual(request('GET', '/healthcheck/live', port=admin)[0], 200)
-            self.assertIsNone(proc.poll())
-        finally:
-            out, err = stop(proc)
-        self.assertEqual(proc.returncode, 0, err)
-
-
-# Two worker processes, each reporting its process id.
-WORKERS_SERVER = """
-import os, time, cherrypy, run
-run.Landing.pid = cherrypy.expose(lambda self: str(os.getpid()))
-run.Landing.slow = cherrypy.expose(lambda self, s='1': time.sleep(float(s)) or 'done')
-run.main()
-"""
-
-
-class WorkersTest(unittest.TestCase):
-
-    def test_workers_share_the_port_and_stop_together_on_sigterm(self):
-        proc, port, _ = start_server({'WORKERS': '2'}, code=WORKERS_SERVER)
-        try:
-            pids = {request('GET', '/pid', port=port)[2] for _ in range(60)}
-            self.assertEqual(len(pids), 2, pids)  # the kernel spread connections over both
-            with concurrent.futures.ThreadPoolExecutor(10) as pool:
-                calls = [pool.submit(request, 'GET', '/slow?s=1', port=port, timeout=10)
-                         for _ in range(10)]
-                time.sleep(0.3)
-                proc.send_signal(signal.SIGTERM)  # to the parent only, as Docker does
-                results = [f.result()[:3:2] for f in calls]
-        finally:
-            out, err = stop(proc)
-        self.assertEqual(results, [(200, b'done')] * 10)
-        self.assertEqual(proc.returncode, 0, err)
-        self.assertEqual(out.count('Serving on'), 2)
-
-    def test_a_worker_dying_stops_the_set_with_status_1(self):
-        proc, port, _ = start_server({'WORKERS': '2'}, code=WORKERS_SERVER)
-        try:
-            victim = int(request('GET', '/pid', port=port)[2])
-            os.kill(victim, signal.SIGKILL)
-        finally:
-            out, err = stop(proc)
-        self.assertEqual(proc.returncode, 1)
-        self.assertIn(f'Worker {victim} exited on its own', err)
-
-
-class LifecycleTest(unittest.TestCase):
-    """State transitions and readiness checks, on a fresh Lifecycle."""
-
-    def setUp(self):
-        self.lifecycle = probes.Lifecycle()
-        patcher = mock.patch.object(probes, 'lifecycle', self.lifecycle)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-
-    def test_starting_ready_draining_stopped(self):
-        self.assertEqual(probes.not_ready_reason(), 'starting')
-        self.lifecycle.state = probes.READY
-        self.assertIsNone(probes.not_ready_reason())
-        handler = probes._on_signal(drain_seconds=30)
-        listener = mock.Mock(draining=False)
-        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit, \
-                mock.patch.object(probes, '_listeners', return_value=[listener]):
-            handler()
-            self.assertEqual(probes.not_ready_reason(), 'draining')
-            self.assertTrue(listener.draining)  # answers now say "Connection: close"
-            engine_exit.assert_not_called()  # still serving for the drain period
-            handler()  # a second signal does not wait
-            engine_exit.assert_called_once()
-        self.lifecycle.state = probes.STOPPED
-        self.assertEqual(probes.not_ready_reason(), 'stopped')
-
-    def test_a_stop_signal_while_starting_waits_for_the_start(self):
-        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit:
-            probes._on_signal(drain_seconds=0)()
-        engine_exit.assert_not_called()  # exiting half-started would exit 70
-        self.assertTrue(self.lifecycle.stop_requested)
-        self.assertEqual(self.lifecycle.state, probes.STARTING)
-
-    def test_zero_drain_stops_at_once(self):
-        self.lifecycle.state = probes.READY
-        with mock.patch.object(cherrypy.engine, 'exit') as engine_exit, \
-                mock.patch.object(probes, '_listeners', return_value=[]):
-            probes._on_signal(drain_seconds=0)()
-            self.lifecycle.drain_timer.join(2)
-            engine_exit.assert_called_once()
-
-    def test_a_failing_check_makes_readiness_503_without_details(self):
-        self.lifecycle.state = probes.READY
-
-        @probes.readiness_check('database', timeout=0.5)
-        def database():
-            raise ConnectionError('password=hunter2 host=db.internal')
-
-        self.assertEqual(probes.not_ready_reason(), "check 'database' failed")
-
-    def test_a_check_returning_false_fails(self):
-        self.lifecycle.state = probes.READY
-        probes.readiness_check('cache')(lambda: False)
-        self.assertEqual(probes.not_ready_reason(), "check 'cache' failed")
-
-    def test_a_slow_check_times_out(self):
-        self.lifecycle.state = probes.READY
-        probes.readiness_check('slow', timeout=0.1)(lambda: time.sleep(1))
-        started = time.monotonic()
-        self.assertEqual(probes.not_ready_reason(), "check 'slow' timed out")
-        self.assertLess(time.monotonic() - started, 0.9)
-
-    def test_checks_run_at_most_once_a_second(self):
-        self.lifecycle.state = probes.READY
-        calls = []
-        probes.readiness_check('counted')(lambda: calls.append(1))
-        for _ in range(50):
-            self.assertIsNone(probes.not_ready_reason())
-        self.assertEqual(len(calls), 1)
-
-    def test_a_stopped_main_listener_is_not_ready(self):
-        self.lifecycle.state = probes.READY
-        with mock.patch.object(cherrypy.server.httpserver, 'ready', False):
-            self.assertEqual(probes.not_ready_reason(), 'main listener not serving')
-        with mock.patch.object(cherrypy.server.httpserver, 'last_loop', time.monotonic() - 60):
-            self.assertEqual(probes.not_ready_reason(), 'main listener stuck')
-
-    def test_readiness_endpoint_reports_a_failing_check(self):
-        with mock.patch.object(probes.lifecycle, 'state', probes.READY):
-            probes.readiness_check('queue')(lambda: False)
-            status, headers, body = request('GET', '/healthcheck', port=ADMIN_PORT)
-        self.assertEqual((status, body), (503, b"Not ready: check 'queue' failed\n"))
-
-
-# --- Dashboards (dashboard.py): keep this block together; delete it with the feature. ---
-import json  # noqa: E402
-
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from server import dashboard  # noqa: E402
-
-TOKEN = 'test-token-0123456789abcdef'
-
-
-def stats(port=ADMIN_PORT, headers=None):
-    status, _, body = request('GET', '/stats', port=port, headers=headers)
-    assert status == 200, status
-    return json.loads(body)
-
-
-def metrics(port=ADMIN_PORT, headers=None):
-    """{(sample name, sorted label pairs): value}, parsed by prometheus_client's own parser."""
-    status, headers, body = request('GET', '/metrics', port=port, headers=headers)
-    assert status == 200 and headers['Content-Type'].startswith('text/plain'), status
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
-
-
-def settled(read, expected, seconds=5):
-    """A request is counted once its answer is written, a moment after the client has it."""
-    deadline = time.monotonic() + seconds
-    while (value := read()) != expected and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
-
-
-class DashboardTest(unittest.TestCase):
-    """Counters, /stats, /metrics and /dashboard on the shared server (admin port, no token)."""
-
-    def test_visits_count_landing_page_views_only(self):
-        before = stats()
-        for method, path in (('GET', '/'), ('GET', '/index'), ('HEAD', '/'), ('GET', '/index/')):
-            self.assertEqual(request(method, path)[0], 200)
-        for path in ('/logo.png', '/static/style.css', '/healthcheck', '/healthcheck/live',
-                     '/no/such/page'):
-            request('GET', path)
-        request('POST', '/', body=b'x')  # 405: not a visit
-        after = settled(lambda: stats()['requests']['total'], before['requests']['total'] + 8)
-        self.assertEqual(after, before['requests']['total'] + 8)  # probes are not requests
-        now = stats()
-        self.assertEqual(now['visits']['total'] - before['visits']['total'], 4)
-        # The series moves on at each minute; line the two up so a boundary in between is fine.
-        moved = (now['visits']['per_minute_start'] - before['visits']['per_minute_start']) // 60
-        self.assertEqual(sum(now['visits']['per_minute'][-1 - moved:])
-                         - sum(before['visits']['per_minute'][-1:]), 4)
-        self.assertEqual(now['health_probes'] - before['health_probes'], 2)
-        self.assertEqual(now['requests']['4xx'] - before['requests']['4xx'], 2)
-        self.assertEqual(len(now['visits']['per_minute']), 60)
-        self.assertEqual(now['visits']['per_minute_start'] % 60, 0)
-
-    def test_counts_are_exact_under_100_parallel_clients(self):
-        before, before_metrics = stats(), metrics()
-        clients, each = 100, 5
-        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            answers = list(pool.map(lambda i: [request('GET', '/' if i % 2 else '/index')[0]
-                                               for _ in range(each)], range(clients)))
-        self.assertEqual(sum(answers, []), [200] * clients * each)
-        total = clients * each
-        visits = settled(lambda: stats()['visits']['total'], before['visits']['total'] + total)
-        self.assertEqual(visits, before['visits']['total'] + total)
-        after, after_metrics = stats(), metrics()
-        self.assertEqual(after['requests']['2xx'] - before['requests']['2xx'], total)
-        self.assertEqual(after['in_flight'], 0)
-        for path in ('/', '/index'):
-            key = ('http_requests_total', (('path', path), ('status', '200')))
-            self.assertEqual(after_metrics[key] - before_metrics.get(key, 0), total / 2)
-        self.assertEqual(after_metrics[('visits_total', ())] - before_metrics[('visits_total', ())],
-                         total)
-        self.assertEqual(after_metrics[('http_request_duration_seconds_count', ())]
-                         - before_metrics[('http_request_duration_seconds_count', ())], total)
-
-    def test_metrics_labels_stay_bounded_and_probes_stay_out_of_latency(self):
-        before = metrics()
-        for i in range(20):
-            request('GET', f'/scan/{i}/wp-login.php')
-        request('GET', '/static/style.css')
-        request('GET', '/logo.png')
-        for _ in range(5):
-            request('GET', '/healthcheck')
-        other = ('http_requests_total', (('path', 'other'), ('status', '404')))
-        static = ('http_requests_total', (('path', '/static'), ('status', '200')))
-        probes_key = ('health_probes_total', (('status', '200'),))
-        count = ('http_request_duration_seconds_count', ())
-        after = settled(lambda: metrics()[probes_key], before.get(probes_key, 0) + 5) and metrics()
-        self.assertEqual(after[other] - before.get(other, 0), 20)
-        self.assertEqual(after[static] - before.get(static, 0), 2)
-        self.assertEqual(after[probes_key] - before.get(probes_key, 0), 5)
-        self.assertEqual(after[count] - before[count], 22)  # scans and files, not probes
-        paths = {dict(labels).get('path') for name, labels in after if name == 'http_requests_total'}
-        self.assertFalse(any('scan' in path or 'wp-login' in path for path in paths), paths)
-        self.assertEqual(after[('http_threads_busy', ())] + after[('http_threads_idle', ())], THREADS)
-        self.assertGreaterEqual(after[('http_requests_in_flight', ())], 0)
-
-    def test_busy_threads_and_requests_in_flight_are_seen(self):
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            slow = [pool.submit(request, 'GET', '/test/sleep?seconds=1') for _ in range(3)]
-            time.sleep(0.4)
-            during = stats()
-            self.assertTrue(all(f.result()[0] == 200 for f in slow))
-        self.assertGreaterEqual(during['in_flight'], 3)
-        self.assertGreaterEqual(during['threads']['busy'], 3)
-        self.assertEqual(during['threads']['busy'] + during['threads']['idle'], THREADS)
-        self.assertEqual(settled(lambda: stats()['in_flight'], 0), 0)
-        self.assertGreaterEqual(stats()['response_ms']['max'], 1000)  # the sleeps
-
-    def test_pages_are_on_the_admin_port_only(self):
-        for path in ('/stats', '/metrics', '/dashboard'):
-            self.assertEqual(request('GET', path)[0], 404, path)  # public site: no DASHBOARD_TOKEN
-            self.assertEqual(request('GET', path, port=ADMIN_PORT)[0], 200, path)
-        self.assertEqual(request('GET', '/stats', port=ADMIN_PORT)[1]['Cache-Control'], 'no-store')
-
-    def test_dashboard_page_and_its_assets_are_served_by_the_admin_port(self):
-        status, headers, body = request('GET', '/dashboard', port=ADMIN_PORT)
-        self.assertTrue(headers['Content-Type'].startswith('text/html'))
-        for asset, kind in (('/static/dashboard.js', 'text/javascript'),
-                            ('/static/dashboard.css', 'text/css'), ('/static/logo.png', 'image/png')):
-            self.assertIn(f'"{asset}"'.encode(), body)
-            status, headers, _ = request('GET', asset, port=ADMIN_PORT)
-            self.assertEqual((status, headers['Content-Type']), (200, kind), asset)
-        status, _, body = request('GET', '/static/%2e%2e/run.py', port=ADMIN_PORT)
-        self.assertIn(status, (400, 403, 404))
-        self.assertNotIn(b'def main', body)
-
-
-class CountersTest(unittest.TestCase):
-    """dashboard.Counters alone, with a clock the test moves."""
-
-    def setUp(self):
-        self.now = 1_800_000_000.0  # a whole minute
-        self.counters = dashboard.Counters(clock=lambda: self.now)
-
-    def visit(self, n=1):
-        for _ in range(n):
-            self.counters.start(probe=False)
-            self.counters.finish('/', 200, 0.001, visit=True)
-
-    def test_per_minute_series_for_the_last_hour(self):
-        self.visit(3)
-        self.now += 60
-        self.visit(2)
-        series = self.counters.snapshot()['visits']['per_minute']
-        self.assertEqual(series[-2:], [3, 2])
-        self.now += 59 * 60  # the first minute is now 60 minutes old: out of the window
-        self.visit(1)
-        snapshot = self.counters.snapshot()
-        self.assertEqual(snapshot['visits']['per_minute'][-1], 1)  # its slot, reused
-        self.assertEqual(snapshot['visits']['per_minute'][-60], 2)
-        self.assertEqual((snapshot['visits']['last_hour'], snapshot['visits']['total']), (3, 6))
-        self.now += 3600 * 5  # a quiet night: nothing stale comes back
-        self.assertEqual(self.counters.snapshot()['visits']['per_minute'], [0] * 60)
-
-    def test_percentiles_and_status_classes(self):
-        for ms in range(1, 101):
-            self.counters.start(probe=False)
-            self.counters.finish('/', 500 if ms == 100 else 200, ms / 1000)
-        snapshot = self.counters.snapshot()
-        self.assertEqual(snapshot['response_ms'], {'p50': 51.0, 'p90': 91.0, 'p99': 100.0,
-                                                   'max': 100.0, 'samples': 100})
-        self.assertEqual((snapshot['requests']['2xx'], snapshot['requests']['5xx'],
-                          snapshot['requests']['total'], snapshot['in_flight']), (99, 1, 100, 0))
-
-    def test_the_reservoir_is_bounded(self):
-        for _ in range(dashboard.RESERVOIR + 50):
-            self.counters.start(probe=False)
-            self.counters.finish('/', 200, 0.001)
-        self.assertEqual(self.counters.snapshot()['response_ms']['samples'], dashboard.RESERVOIR)
-
-    def test_each_configuration_gets_its_own_registry(self):
-        other = dashboard.Counters()
-        self.visit()
-        self.assertIsNot(other.registry, self.counters.registry)
-        self.assertEqual(self.counters.registry.get_sample_value('visits_total'), 1)
-        self.assertEqual(other.registry.get_sample_value('visits_total'), 0)
-
-
-class DashboardTokenTest(unittest.TestCase):
-    """DASHBOARD_TOKEN mounts the pages on the public site, behind a bearer token."""
-
-    def test_token_guards_stats_and_metrics_on_the_public_site(self):
-        proc, port, admin = start_server({'DASHBOARD_TOKEN': TOKEN})
-        try:
-            good = {'Authorization': f'Bearer {TOKEN}'}
-            for headers in ({}, {'Authorization': f'Bearer {TOKEN[:-1]}x'},
-                            {'Authorization': TOKEN}, {'Authorization': f'Basic {TOKEN}'}):
-                for path in ('/stats', '/metrics', '/stats/', '/metrics/', '/%73tats'):
-                    status, answer, body = request('GET', path, port=port, headers=headers)
-                    self.assertEqual(status, 401, (path, headers))
-                    self.assertEqual(answer['WWW-Authenticate'], 'Bearer')
-                    self.assertNotIn(b'visits', body)
-            self.assertEqual(request('GET', f'/stats?token={TOKEN}', port=port)[0], 404)  # header only
-            request('GET', '/', port=port)
-            self.assertEqual(settled(lambda: stats(port, good)['visits']['total'], 1), 1)
-            self.assertEqual(metrics(port, good)[('visits_total', ())], 1)
-            self.assertEqual(request('GET', '/dashboard', port=port)[0], 200)  # holds no data
-            self.assertEqual(stats(admin)['visits']['total'], 1)  # admin port: no token needed
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            stop(proc)
-
-    def test_a_short_token_is_a_bad_setting(self):
-        env = dict(os.environ, HOST='127.0.0.1', PORT=str(free_port()), ADMIN_PORT='0',
-                   DASHBOARD_TOKEN='short')
-        done = subprocess.run([sys.executable, os.path.join(HERE, 'run.py')], env=env,
-                              capture_output=True, text=True, timeout=20)
-        self.assertEqual(done.returncode, 2)
-        self.assertEqual(done.stderr.count('\n'), 1, done.stderr)
-        self.assertIn('DASHBOARD_TOKEN', done.stderr)
-        self.assertNotIn('short', done.stderr)  # a secret is never printed
 
 
 if __name__ == '__main__':
