@@ -120,8 +120,11 @@ class Settings:
         admin = self['ops.admin_port'] or 'off'
         workers = self['ops.workers']
         each = f' in each of {workers} processes' if workers > 1 else ''
+        from . import production  # imported here: production needs no settings at import
+        files = production.startup_note()  # "open files: N (raised from M)"
         return (f'Serving on http://{host}:{port} with {self["server.thread_pool"]} threads{each} '
-                f'(environment: {"development" if self.dev else "production"}, admin port: {admin})')
+                f'(environment: {"development" if self.dev else "production"}, admin port: {admin}'
+                f'{", " + files if files else ""})')
 
 
 def get(key):

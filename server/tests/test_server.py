@@ -985,6 +985,7 @@ class ProcessTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, err)
         self.assertIn(f'Serving on http://127.0.0.1:{port} with 100 threads '
                       f'(environment: production', out)
+        self.assertRegex(out, r'open files: \d+')  # raised to the hard limit at start
 
     def test_works_from_another_working_directory(self):
         with tempfile.TemporaryDirectory() as elsewhere:
