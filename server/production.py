@@ -631,9 +631,7 @@ class _RequestReader:
     A line is one bytes.find(), not a dozen calls through _pyio as in cheroot's reader.
     """
 
-    __slots__ = ('data', 'pos', 'bytes_read')
-
-    def __init__(self, data):
+    def __init__(self, data):  # no __slots__: tests (cheroot's own) patch its methods
         self.data = data
         self.pos = 0
         self.bytes_read = 0
