@@ -1,5 +1,6 @@
 """Tests of request ids and JSON logs (server/logs.py): a real server on free loopback ports,
 started in this process; one test runs `python run.py` with LOG_FORMAT=json."""
+import importlib.util
 import io
 import json
 import re
@@ -150,6 +151,7 @@ class RequestIdTest(unittest.TestCase):
         status, headers, _ = request('POST', '/', headers={'X-Request-ID': 'id-405'})
         self.assertEqual((status, headers['X-Request-ID']), (405, 'id-405'))
 
+    @unittest.skipUnless(importlib.util.find_spec('server.probes'), 'no admin listener without probes.py')
     def test_admin_pages_have_ids(self):
         status, headers, _ = get('/no/such/page', {'X-Request-ID': 'admin-1'}, port=ADMIN_PORT)
         self.assertEqual((status, headers['X-Request-ID']), (404, 'admin-1'))
