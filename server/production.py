@@ -699,7 +699,7 @@ class _SocketWriter:
 
     SEND_RATE = 64 * 1024  # bytes a second a slow reader must average, after socket_timeout
 
-    __slots__ = ('sock', 'bytes_written', 'held', 'hold_next', 'started', 'sent', 'timeout')
+    # No __slots__: tests (cheroot's own) patch its methods on the instance.
 
     def __init__(self, sock):
         self.sock = sock
@@ -776,6 +776,8 @@ class _Request(cheroot.server.HTTPRequest):
         problem = http.check_head(head, self.server.require_host)
         try:  # cheroot's own answer where it refuses the request too (its tests read them)
             super().parse_request()
+        except OSError:  # the connection failed (or a test made it fail): cheroot's handling
+            raise
         except Exception:  # it failed on it (a whitespace-led line, "http://[::1"): 400
             self.ready = True
             problem = problem or ('400 Bad Request', 'Malformed request.')
@@ -1072,9 +1074,9 @@ class Server(TunedServer, _cpwsgi_server.CPWSGIServer):
 
 
 class AdminServer(TunedServer, cheroot.wsgi.Server):
-    """A plain cheroot WSGI server for the admin listener, tuned the same way."""
+    """A plain cheroot WSGI server for the admin listener, tuned the same way. Not in
+    CherryPy's URL mode: CONNECT gets 405 and an absolute URI 400, as from stock cheroot."""
 
-    ConnectionClass = _CherryPyConnection
     require_host = True
 
 
