@@ -49,6 +49,9 @@ class CheckHeadTest(unittest.TestCase):
         b'GET / HTTP/1.1\r\nHost: user@a\r\n\r\n': 'Malformed Host',
         b'GET / HTTP/1.1\r\nHost: [::1\r\n\r\n': 'Malformed Host',
         b'GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: ::1:8x\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: ::g:80\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: [::1]:80:80\r\n\r\n': 'Malformed Host',
         b'GET / HTTP/1.0\r\nHost: a\tb\r\n\r\n': 'Malformed Host',
         b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n': 'Content-Length',
         b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n': 'Content-Length',
@@ -75,7 +78,8 @@ class CheckHeadTest(unittest.TestCase):
 
     def test_host_syntax_is_rfc_3986_uri_host_and_port(self):
         for host in (b'x', b'', b'example.com:8080', b'127.0.0.1:8080', b'[::1]:80', b'[::1]',
-                     b'EXAMPLE.com.', b'a-b_c~d', b'xn--caf-dma.fr', b'a%20b', b'h:', b'[v1.x]'):
+                     b'EXAMPLE.com.', b'a-b_c~d', b'xn--caf-dma.fr', b'a%20b', b'h:', b'[v1.x]',
+                     b'::1', b'::1:32867', b'fe80::1:8080'):  # IPv6 without brackets: cheroot's tests
             self.assertIsNone(http.check_head(b'GET / HTTP/1.1\r\nHost: ' + host + b'\r\n\r\n'),
                               host)
 
