@@ -98,6 +98,7 @@ def configure():
 def serve(config):
     """Start the configured server and block until it is stopped."""
     cherrypy.engine.signals.subscribe()  # SIGTERM/SIGINT stop gracefully
+    production.exit_if_start_fails()     # a failed start ends the process, never hangs
     cherrypy.engine.start()
     print(config.summary(), flush=True)
     cherrypy.engine.block()              # until the engine exits

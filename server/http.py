@@ -11,12 +11,13 @@ them. It asks this module two questions:
 
 and, in the worker, check_head(head) says whether the head is one cheroot may parse:
 no obs-fold or whitespace-led line, no space before a colon, no control character in a
-value or the target, one Host (exactly one in HTTP/1.1), at most one Content-Length of
+value or the target, one Host (exactly one in HTTP/1.1) of RFC 3986 syntax, at most one Content-Length of
 digits only, not with Transfer-Encoding, Transfer-Encoding only in HTTP/1.1 and ending
 in chunked.
 
 Nothing here reads a socket, so each case is a one-line unit test (server/tests/test_http.py).
 """
+import ipaddress
 import re
 
 
@@ -36,6 +37,10 @@ _REQUEST_LINE = rb'(' + _TOKEN + rb') [\x21-\x7e\x80-\xff]+ HTTP/([0-9])\.([0-9]
 _FIELD = _TOKEN + rb':' + _VALUE + rb'\r\n'
 _HEAD = re.compile(_REQUEST_LINE + rb'(?:' + _FIELD + rb')*\r\n')
 _FIELD_LINE = re.compile(_FIELD)
+# Host (RFC 9110 7.2): uri-host [":" port] of RFC 3986, or empty. uri-host is an IP-literal
+# ("[v6]" or "[vF.future]"), or a reg-name (which IPv4 addresses match too); port is digits.
+_HOST = re.compile(rb"(?:\[(?:[0-9a-f:.]+|v[0-9a-f]+\.[a-z0-9\-._~!$&'()*+,;=:]+)\]"
+                   rb"|(?:[a-z0-9\-._~!$&'()*+,;=]|%[0-9a-f]{2})*)(?::[0-9]*)?")
 
 _CHUNK_EXT = rb'(?:[ \t]*;[ \t]*' + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN + \
     rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*'
@@ -112,11 +117,13 @@ def check_head(head, require_host=True):
         return '400 Bad Request', _explain(head)
     lower = head.lower()
     version = (int(match[2]), int(match[3]))
-    hosts = len(_fields(lower, b'host'))
-    if hosts > 1:
+    hosts = _fields(lower, b'host')
+    if len(hosts) > 1:
         return '400 Bad Request', 'More than one Host header.'
-    if hosts == 0 and version >= (1, 1) and require_host:
+    if not hosts and version >= (1, 1) and require_host:
         return '400 Bad Request', 'HTTP/1.1 requires a Host header.'
+    if hosts and not _host_ok(hosts[0]):  # a space, a bad port...: proxies disagree
+        return '400 Bad Request', 'Malformed Host header.'
     lengths = _fields(lower, b'content-length')
     if len(lengths) > 1:
         return '400 Bad Request', 'More than one Content-Length.'
@@ -137,6 +144,24 @@ def check_head(head, require_host=True):
                 return '501 Not Implemented', 'Only the chunked transfer coding is implemented.'
             return '400 Bad Request', 'Transfer-Encoding must end with chunked, once.'
     return None
+
+
+def _host_ok(value):
+    """Whether a Host value is uri-host [":" port] (RFC 3986), or an IPv6 address without
+    its brackets, [":" port] after it: what cheroot's own test client (and some others)
+    send, unambiguous once the address parses (and rare enough that stock servers take it)."""
+    if _HOST.fullmatch(value):
+        return True
+    if value.count(b':') < 2 or not value.isascii():
+        return False
+    address, _, port = value.rpartition(b':')
+    for candidate in (value, address if port.isdigit() else None):
+        try:
+            ipaddress.IPv6Address(candidate.decode('ascii'))
+            return True
+        except (AttributeError, ValueError):
+            continue
+    return False
 
 
 def _explain(head):

@@ -182,7 +182,7 @@ def _admin_server(config, root):
                                     request_queue_size=config['server.socket_queue_size'])
     server.tune(config['ops.keep_alive_timeout'], config['ops.keep_alive_limit'],
                 config['ops.response_headers'])
-    return servers.ServerAdapter(cherrypy.engine, server, address)
+    return production.wait_without_socket(servers.ServerAdapter(cherrypy.engine, server, address))
 
 
 def _on_signal(drain_seconds):

@@ -78,6 +78,8 @@ UPSTREAM = {
     'cheroot.connections._ThreadsafeSelector()._selector':
         'the selectors.DefaultSelector, counted without a lock (can_add_keepalive_connection)',
     'cheroot.connections._ThreadsafeSelector.connections': 'the registered connections (_expire)',
+    'cheroot.server.HTTPServer._stopping_for_interrupt':
+        'TunedServer.stop: a worker\'s interrupt stops the server; serve() then waits for it',
     'cherrypy._cpwsgi_server.CPWSGIServer': 'cherrypy.server\'s server class, extended by Server',
     'cherrypy._cpwsgi_server.CPWSGIHTTPRequest': 'its request class, extended by _Request',
     'cherrypy._cplogging.LogManager': 'the access log, extended by AccessLog',
@@ -550,7 +552,9 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 self._from_server_socket(listener)
             except OSError:
                 break
-            if not _readable(listener, 0):
+            # Out of descriptors (accept paused), the listener stays readable: that was a
+            # loop without end, and a stop that never returned.
+            if self._accept_paused is not None or not _readable(listener, 0):
                 break
         deadline = time.monotonic() + wait
         while len(self._selector) > 1 and time.monotonic() < deadline:
@@ -699,7 +703,7 @@ class _SocketWriter:
 
     SEND_RATE = 64 * 1024  # bytes a second a slow reader must average, after socket_timeout
 
-    __slots__ = ('sock', 'bytes_written', 'held', 'hold_next', 'started', 'sent', 'timeout')
+    # No __slots__: tests (cheroot's own) patch its methods on the instance.
 
     def __init__(self, sock):
         self.sock = sock
@@ -776,6 +780,8 @@ class _Request(cheroot.server.HTTPRequest):
         problem = http.check_head(head, self.server.require_host)
         try:  # cheroot's own answer where it refuses the request too (its tests read them)
             super().parse_request()
+        except OSError:  # the connection failed (or a test made it fail): cheroot's handling
+            raise
         except Exception:  # it failed on it (a whitespace-led line, "http://[::1"): 400
             self.ready = True
             problem = problem or ('400 Bad Request', 'Malformed request.')
@@ -897,7 +903,14 @@ class PacedQueue:
         self._busy = set()  # the _Waiters of threads on a request (the watchdog looks at these)
         self._stalled = 0  # ...of which on the same one for over STALL (the watchdog counts)
         self._local = threading.local()
-        threading.Thread(target=self._watch, name='paced queue', daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name='paced queue', daemon=True)
+        self._watcher.start()
+
+    def close(self):
+        """The server stopped: the watchdog ends, and is gone when this returns."""
+        self.closed = True
+        if self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=1.0)
 
     def qsize(self):
         return len(self._items)
@@ -1012,6 +1025,7 @@ class TunedServer:
     client_errors = None  # ClientErrors, made by prepare()
     require_host = False  # HTTP/1.1 without Host: 400 (CherryPy's servers; cheroot does not)
     keep_alive_timeout = None  # set by tune(); None: server.socket_timeout, as cheroot
+    _serve_thread = None  # the thread in serve(), joined by stop()
 
     def tune(self, keep_alive_timeout, keep_alive_limit, site_headers=None):
         self.site_headers = [(name.lower().encode(), (name.encode(), value.encode()))
@@ -1031,7 +1045,7 @@ class TunedServer:
         try:
             super().prepare()
         except BaseException:
-            pool._queue.closed = True  # its watchdog ends
+            pool._queue.close()  # its watchdog ends
             raise
         self.socket.setblocking(False)  # accept() only after the selector said "readable"
         self._connections.close()  # cheroot's manager, replaced before serve() starts
@@ -1053,7 +1067,22 @@ class TunedServer:
             self._connections.stop()  # the selector loop; cheroot's stop() would close
             self._connections.serve_arrived()  # ...queued connections unanswered
         super().stop()
-        self.requests._queue.closed = True  # its watchdog ends
+        queue_ = self.requests._queue
+        if isinstance(queue_, PacedQueue):
+            queue_.close()  # its watchdog ends
+        # What stop() started ends before it returns, as with stock cheroot: the serve()
+        # thread leaves its loop within IdleConnections.run's 50 ms nap.
+        serving = self._serve_thread
+        if (serving is not None and serving is not threading.current_thread()
+                and not self._stopping_for_interrupt):
+            serving.join(timeout=1.0)
+
+    def serve(self):
+        self._serve_thread = threading.current_thread()
+        try:
+            super().serve()
+        finally:
+            self._serve_thread = None
 
 
 class Server(TunedServer, _cpwsgi_server.CPWSGIServer):
@@ -1072,9 +1101,9 @@ class Server(TunedServer, _cpwsgi_server.CPWSGIServer):
 
 
 class AdminServer(TunedServer, cheroot.wsgi.Server):
-    """A plain cheroot WSGI server for the admin listener, tuned the same way."""
+    """A plain cheroot WSGI server for the admin listener, tuned the same way. Not in
+    CherryPy's URL mode: CONNECT gets 405 and an absolute URI 400, as from stock cheroot."""
 
-    ConnectionClass = _CherryPyConnection
     require_host = True
 
 
@@ -1169,8 +1198,52 @@ def install(app, config):
     configure_app(app, config)
     httputil.HTTPDate = http_date  # CherryPy looks it up on each use
     cherrypy.server.httpserver = Server(cherrypy.server)
+    wait_without_socket(cherrypy.server)
     cherrypy.server.httpserver.tune(config['ops.keep_alive_timeout'], config['ops.keep_alive_limit'],
                                     config['ops.response_headers'])
+
+
+def wait_until_serving(adapter):
+    """ServerAdapter.wait() without its socket: until the HTTP server says it is ready.
+
+    CherryPy's wait() then connects to the port (portend.occupied) to see it listening. With
+    clients arriving as the server starts and the open files limit reached, that socket
+    failed with EMFILE, the start failed and the engine stopped, though the server was
+    serving. httpserver.ready is set once the server listens, which is what is asked."""
+    while not getattr(adapter.httpserver, 'ready', False):
+        if adapter.interrupt:
+            raise adapter.interrupt
+        time.sleep(0.01)
+
+
+def wait_without_socket(adapter):
+    """Make a ServerAdapter (cherrypy.server, the admin listener's) wait as above."""
+    adapter.wait = functools.partial(wait_until_serving, adapter)
+    return adapter
+
+
+def exit_if_start_fails(grace=10.0, engine=None):
+    """When the engine's start fails, CherryPy stops it and exits the process (status 70);
+    if something in the stop hangs, the process used to stay, half-stopped, until killed.
+    A daemon thread watches the start: failed and still here `grace` seconds later, the
+    process exits 70 (CherryPy's EX_SOFTWARE) with one line saying why."""
+    engine = engine or cherrypy.engine
+    states = engine.states
+
+    def watch():
+        while engine.state in (states.STOPPED, states.STARTING):  # not started yet, or starting
+            time.sleep(0.05)
+        if engine.state == states.STARTED:
+            return
+        time.sleep(grace)  # a failed start: Bus.exit() ends the process, unless it hangs
+        if engine.state != states.STARTED:
+            print(f'start failed and the engine did not exit within {grace:.0f} s: exiting',
+                  file=sys.stderr, flush=True)
+            os._exit(70)
+
+    thread = threading.Thread(target=watch, name='start watchdog', daemon=True)
+    thread.start()
+    return thread
 
 
 def check_port_free(config):

@@ -42,6 +42,17 @@ class CheckHeadTest(unittest.TestCase):
         b'GET / HTTP/1.1\r\n\r\n': 'Host',
         b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n': 'Host',
         b'GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n': 'Host',
+        b'GET / HTTP/1.1\r\nHost: a b\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: 127.0.0.1:8x\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: a/b\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: user@a\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: [::1\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: ::1:8x\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: ::g:80\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.1\r\nHost: [::1]:80:80\r\n\r\n': 'Malformed Host',
+        b'GET / HTTP/1.0\r\nHost: a\tb\r\n\r\n': 'Malformed Host',
         b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n': 'Content-Length',
         b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n': 'Content-Length',
         b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n': 'Content-Length',
@@ -64,6 +75,13 @@ class CheckHeadTest(unittest.TestCase):
         self.assertIsNone(http.check_head(b'GET / HTTP/1.1\r\n\r\n', require_host=False))
         self.assertIsNotNone(http.check_head(b'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n',
                                              require_host=False))
+
+    def test_host_syntax_is_rfc_3986_uri_host_and_port(self):
+        for host in (b'x', b'', b'example.com:8080', b'127.0.0.1:8080', b'[::1]:80', b'[::1]',
+                     b'EXAMPLE.com.', b'a-b_c~d', b'xn--caf-dma.fr', b'a%20b', b'h:', b'[v1.x]',
+                     b'::1', b'::1:32867', b'fe80::1:8080'):  # IPv6 without brackets: cheroot's tests
+            self.assertIsNone(http.check_head(b'GET / HTTP/1.1\r\nHost: ' + host + b'\r\n\r\n'),
+                              host)
 
     def test_unknown_codings_get_501(self):
         for coding in (b'foo', b'gzip, chunked', b'chunked, foo'):
@@ -153,6 +171,33 @@ def exchange(address, data, timeout=5):
         return received
 
 
+class WorkerErrorsTest(unittest.TestCase):
+    """A connection that fails while a worker reads its request gets cheroot's own handling
+    (cheroot's suite, test_broken_connection_during_http_communication_fallback)."""
+
+    def test_a_connection_error_while_parsing_is_cheroots_500_not_our_400(self):
+        def reset(request):
+            raise ConnectionResetError(666)
+
+        server = serve_in_thread(echo_app, timeout=2, threads=2)
+        logged = []
+        server.error_log = lambda msg='', level=20, traceback=False: logged.append(msg)
+        try:
+            with mock.patch.object(production._Request, 'read_request_line', reset):
+                answer = exchange(server.bind_addr, OK)
+            self.assertTrue(answer.startswith(b'HTTP/1.1 500'), answer)
+            self.assertIn('socket.error 666', logged)
+            answer = exchange(server.bind_addr, OK[:-2] + b'Connection: close\r\n\r\n')
+            self.assertIn(b' 200 OK', answer)  # the worker lives on
+        finally:
+            server.stop()
+
+    def test_the_writer_and_reader_take_patches_on_the_instance(self):
+        for stream in (production._SocketWriter(None), production._RequestReader(b'')):
+            for name in ('write', 'close'):
+                setattr(stream, name, print)  # cheroot's suite monkeypatches them
+
+
 class RawSocketTest(unittest.TestCase):
     """What a real server (production.AdminServer, the main one's machinery) answers."""
 
@@ -180,6 +225,19 @@ class RawSocketTest(unittest.TestCase):
     def test_every_bad_head_gets_400_and_the_connection_closes(self):
         for head in CheckHeadTest.BAD:  # cheroot's own 501 for "chunked, gzip" stands
             self.assertRefused(head + OK, b'501' if b'gzip' in head else b'400')
+
+    def test_a_malformed_host_gets_400_and_the_connection_closes(self):
+        for host in (b'a b', b'127.0.0.1:8x'):
+            self.assertRefused(b'GET / HTTP/1.1\r\nHost: ' + host + b'\r\n\r\n' + OK, b'400')
+        self.assertIn(b' 200 OK', exchange(
+            self.address, b'GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n'))
+
+    def test_connect_gets_405_and_an_absolute_uri_400_as_from_stock_cheroot(self):
+        """The admin listener is a plain cheroot server, not in CherryPy's proxy mode."""
+        answer = exchange(self.address, b'CONNECT /anything HTTP/1.1\r\nHost: x\r\n\r\n')
+        self.assertTrue(answer.startswith(b'HTTP/1.1 405'), answer)
+        answer = exchange(self.address, b'GET http://google.com/ HTTP/1.1\r\nHost: x\r\n\r\n')
+        self.assertTrue(answer.startswith(b'HTTP/1.1 400'), answer)
 
     def test_what_cheroot_fails_on_gets_400_not_500(self):
         self.assertRefused(b'GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n', b'400')

@@ -7,6 +7,7 @@ Most tests share one server started in this process (setUpModule). Tests of star
 bad settings and signals run `python run.py` as a subprocess, as a user would.
 """
 import collections
+import errno
 import json
 import concurrent.futures
 import http.client
@@ -22,6 +23,7 @@ import threading
 import time
 import unittest
 
+import cheroot.connections
 import cheroot.makefile
 import cherrypy
 import mock
@@ -423,6 +425,33 @@ class ShutdownTest(unittest.TestCase):
             results = [f.result() for f in calls]
         self.assertEqual([(s, b) for s, _, b in results], [(200, b'answered')] * 10)
 
+
+    def test_stop_leaves_no_thread_behind(self):
+        """stop() returns once its threads have ended (serve(), the PacedQueue watchdog), as
+        with stock cheroot (its suite: test_overload_thread_does_not_leak)."""
+        before = set(threading.enumerate())
+        for _ in range(3):
+            serve_in_thread(lambda environ, start_response: [], timeout=1).stop()
+        self.assertEqual([t.name for t in set(threading.enumerate()) - before], [])
+
+    def test_stop_returns_when_accept_lacks_descriptors(self):
+        """stop() serves what the kernel queued; out of descriptors, the listener stays
+        readable and that loop never ended (a hang at shutdown under EMFILE)."""
+        server = production.AdminServer(('127.0.0.1', 0), lambda e, s: [], numthreads=2,
+                                        request_queue_size=64)
+        server.prepare()
+        clients = [socket.create_connection(server.bind_addr) for _ in range(3)]
+        no_fds = OSError(errno.EMFILE, 'Too many open files')
+        try:
+            with mock.patch.object(cheroot.connections.ConnectionManager, '_from_server_socket',
+                                   side_effect=no_fds):
+                stopping = threading.Thread(target=server.stop, daemon=True)
+                stopping.start()
+                stopping.join(5)
+            self.assertFalse(stopping.is_alive(), 'stop() still running after 5 s')
+        finally:
+            for client in clients:
+                client.close()
 
     def test_a_connection_handed_back_after_the_selector_closed_is_closed(self):
         """A worker that finishes an answer while stop() closes the selector closes the
@@ -930,6 +959,29 @@ class NoServerLeftBehindTest(unittest.TestCase):
         self.assertGone(pid)
 
 
+# The server, with CherryPy's check that the port listens (portend.occupied, which opens a
+# socket) failing as when the open files limit is reached: EMFILE.
+EMFILE_AT_START = """
+import errno, portend, run
+def no_descriptors(*args, **kwargs):
+    raise OSError(errno.EMFILE, 'Too many open files')
+portend.occupied = no_descriptors
+run.main()
+"""
+
+# A start listener that fails, and a stop listener that never returns.
+FAILED_START_HANGING_STOP = """
+import time, cherrypy, run
+from server import production
+production.exit_if_start_fails.__defaults__ = (1.0, None)  # the grace: 1 s, not 10
+def fail():
+    raise RuntimeError('start fails')
+cherrypy.engine.subscribe('start', fail, priority=80)
+cherrypy.engine.subscribe('stop', lambda: time.sleep(600), priority=40)
+run.main()
+"""
+
+
 # A server with a slow handler, as a user would add one; for the signal tests.
 SLOW_SERVER = """
 import time, cherrypy, run
@@ -986,6 +1038,29 @@ class ProcessTest(unittest.TestCase):
         self.assertIn(f'Serving on http://127.0.0.1:{port} with 100 threads '
                       f'(environment: production', out)
         self.assertRegex(out, r'open files: \d+')  # raised to the hard limit at start
+
+    def test_start_up_opens_no_socket_of_its_own_to_see_the_port_listening(self):
+        """With the open files limit reached as clients arrive, CherryPy's wait() for the
+        port (portend.occupied) failed with EMFILE and the engine stopped: here that check
+        fails so, and the server still starts."""
+        proc, port, admin = start_server(code=EMFILE_AT_START)
+        try:
+            self.assertEqual(request('GET', '/', port=port)[0], 200)
+            self.assertEqual(request('GET', '/healthcheck', port=admin)[0], 200)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = stop(proc)
+        self.assertIn('Serving on', out, err[-2000:])
+
+    def test_a_failed_start_exits_even_if_stopping_hangs(self):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, '-c', FAILED_START_HANGING_STOP], cwd=HERE,
+                              env=dict(os.environ, HOST='127.0.0.1', PORT=str(free_port()),
+                                       ADMIN_PORT='0'),
+                              capture_output=True, text=True, timeout=30)
+        self.assertEqual(done.returncode, 70, done.stderr[-2000:])
+        self.assertIn('start failed and the engine did not exit', done.stderr)
+        self.assertLess(time.monotonic() - started, 20)
 
     def test_works_from_another_working_directory(self):
         with tempfile.TemporaryDirectory() as elsewhere:
