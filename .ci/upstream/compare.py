@@ -25,7 +25,10 @@ import os
 import sys
 
 SUITES = ('cheroot', 'cherrypy')
-PASSING = ('passed', 'xpassed')
+# A test the suite marks expected-to-fail (xfail) is one its authors do not promise: its
+# passing on stock is luck of timing, not behaviour to keep (CherryPy's test_antistampede,
+# issue 1536, and test_file_stream). Only plain passes count.
+PASSING = ('passed',)
 
 
 def load(work, name):
