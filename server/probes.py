@@ -167,7 +167,7 @@ def _probes_first(app):
         body = text.encode()
         start_response('200 OK' if status == 200 else '503 Service Unavailable', [
             ('Content-Type', 'text/html;charset=utf-8'), ('Content-Length', str(len(body))),
-            ('Cache-Control', 'no-store')])  # the hardening headers: _SiteHeadersRequest
+            ('Cache-Control', 'no-store')])  # the hardening headers: production._Request
         return [] if environ['REQUEST_METHOD'] == 'HEAD' else [body]
     return wsgi
 

@@ -1020,7 +1020,7 @@ class TunedServer:
     ConnectionClass = TunedConnection
     draining = False  # set on SIGTERM: answers say "Connection: close"
     last_loop = None
-    site_headers = ()  # (lower-case name, (name, value)), as bytes; see _SiteHeadersRequest
+    site_headers = ()  # (lower-case name, (name, value)), as bytes; see _Request.send_headers
 
     client_errors = None  # ClientErrors, made by prepare()
     require_host = False  # HTTP/1.1 without Host: 400 (CherryPy's servers; cheroot does not)
