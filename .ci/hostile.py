@@ -940,11 +940,9 @@ def slow_phase(server, kind, count, label):
               f'(answers {stats.answers or "none"}), {stats.connect_failed} connects failed')
     if kind == 'slowread':
         detail += f', {stats.received} bytes read'
-    # Slow readers: a worker sends an answer until the client has taken it (bounded by the send
-    # deadline, server.socket_timeout plus 1 s per 64 KiB), so 200 of them can still hold most of
-    # the 100 threads. Shown, not counted, until answers are handed to the selector to finish.
-    verdict = known_gap if kind == 'slowread' else check
-    verdict(f'{label}: >= {PROBE_TARGET:.0%} of fresh GET / within {PROBE_LIMIT:.0f} s', share >= PROBE_TARGET, detail)
+    # Slow readers: what a client has not taken waits in its connection's outbox (a static file
+    # as the open file) and the selector sends it; the worker is free at once.
+    check(f'{label}: >= {PROBE_TARGET:.0%} of fresh GET / within {PROBE_LIMIT:.0f} s', share >= PROBE_TARGET, detail)
     lines, tracebacks = after[0] - before[0], after[1] - before[1]
     window = server.log_window(before)
     other = [line for line in window.splitlines() if line and not re.match(r'\S+ - - \[', line)]
@@ -1111,7 +1109,7 @@ def main():
             side.stop()
         for kind, count, label in (('slowloris', 600, '3a. slowloris (600 connections, a header line every 5 s)'),
                                    ('slowbody', 600, '3b. slow bodies (600 POST /echo, 16 bytes every 5 s)'),
-                                   ('slowread', 200, '3c. slow readers (200 x 4 pipelined 1 MiB files or pages, 1 byte a second)')):
+                                   ('slowread', 600, '3c. slow readers (600 x 4 pipelined 1 MiB files or pages, 1 byte a second)')):
             if kind in only:
                 server = with_server(repo, workdir, kind, timeout_env).wait_ready()
                 phase(label, slow_phase, server, kind, count, kind)

@@ -36,6 +36,7 @@ import select
 import selectors
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -286,6 +287,8 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         for fd, conn in ready:
             if conn is self.server:
                 self._from_server_socket(self.server.socket)
+            elif conn.sending:
+                self._send_more(fd, conn)
             elif conn.pending is None:  # TLS: cheroot's way, the worker reads
                 self._selector.unregister(fd)  # until the worker put()s it back
                 self.server.process_conn(conn)
@@ -441,6 +444,8 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         if conn.pending:
             self._hold(-len(conn.pending))
             conn.pending = b''
+        if isinstance(conn.wfile, _SocketWriter):
+            conn.wfile.discard()
         try:
             conn.close()
         except OSError:
@@ -490,6 +495,41 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         self._accept_paused = None
         self._last_pause = (time.monotonic(), pause)
 
+    def send_rest(self, conn, close):
+        """A worker is done with conn, but its client has not taken the whole answer: the
+        selector sends the rest as the client reads (within the answer's deadline), then
+        closes conn (`close`) or waits for its next request, which is not read before."""
+        if self._stop_requested:
+            self._close(conn)
+            return
+        conn.sending, conn.close_when_sent, conn.idle = True, close, False
+        conn.answer_deadline = conn.wfile.answer_deadline()
+        conn.deadline = min(conn.answer_deadline, time.monotonic() + (self.server.timeout or 0))
+        try:
+            self._selector.register(conn.socket.fileno(), selectors.EVENT_WRITE, data=conn)
+        except (ValueError, KeyError, OSError):  # a stop closed the selector, or it is gone
+            self._close(conn)
+
+    def _send_more(self, fd, conn):
+        wfile = conn.wfile
+        sent = wfile.sent
+        try:
+            done = wfile.push()
+        except OSError:  # the client went away (or the file shrank): nothing more to do
+            done = None
+        if not done:
+            if done is None:
+                self._drop(fd, conn)
+            elif wfile.sent > sent:  # each piece within socket_timeout, the whole in its budget
+                conn.deadline = min(conn.answer_deadline, time.monotonic() + self.server.timeout)
+            return
+        self._selector.unregister(fd)
+        conn.sending = False
+        if conn.close_when_sent:
+            self._close(conn)
+        else:
+            self.put(conn)
+
     def put(self, conn):
         """A worker is done with conn and keeps it open: wait for its next request."""
         conn.last_used = time.time()
@@ -500,7 +540,9 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 self._register(conn)
             return
         conn.close_after = conn.continue_sent = False
-        if conn.pending:  # pipelined: the next request is (partly) here already
+        if conn.wfile.outbox:  # a slow reader: the rest of the answer first
+            self.send_rest(conn, close=False)
+        elif conn.pending:  # pipelined: the next request is (partly) here already
             conn.idle = False
             conn.deadline = time.monotonic() + self.server.timeout
             self._advance(conn)
@@ -532,7 +574,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 if conn.last_used is not None and conn.last_used < idle_since:
                     self._drop(fd, conn)
             elif now > conn.deadline:
-                if not conn.lingering:
+                if not (conn.lingering or conn.sending):
                     self.server.client_errors.note(
                         f'408 for {conn.remote_addr}: the request did not arrive in time')
                     _send_now(conn.socket, error_response(
@@ -561,7 +603,9 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             ready = [(fd, conn) for fd, conn in self._selector.select(timeout=0.05)
                      if conn is not self.server]
             for fd, conn in ready:
-                if conn.pending is None:
+                if conn.sending:
+                    self._send_more(fd, conn)
+                elif conn.pending is None:
                     self._selector.unregister(fd)
                     self.server.process_conn(conn)
                 else:
@@ -596,11 +640,15 @@ def error_response(server, status, reason):
     return b'\r\n'.join(lines) + b'\r\n\r\n' + body
 
 
-def _readable(sock, seconds):
+def _readable(sock, seconds, event=select.POLLIN):
     """Whether sock has data (or EOF) within `seconds`; poll, since select() stops at fd 1024."""
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    poller.register(sock, event)
     return bool(poller.poll(seconds * 1000))
+
+
+def _writable(sock, seconds):
+    return _readable(sock, seconds, select.POLLOUT)
 
 
 class ClientErrors:
@@ -693,26 +741,73 @@ class _StreamingReader(_RequestReader):
         return super().read(size)
 
 
+class _FileRest:
+    """The rest of a file that an answer owes a slow reader: a static file, or the answer's
+    rest spilled to a temporary file (budget: the spill budget it counts in); sent from the
+    file (os.sendfile) as the client reads."""
+
+    __slots__ = ('fd', 'offset', 'count', 'budget')
+
+    def __init__(self, fd, offset, count, budget=None):
+        self.fd, self.offset, self.count, self.budget = fd, offset, count, budget
+
+    def __len__(self):
+        return self.count
+
+
+class _Budget:
+    """Bytes of answers kept in memory for slow readers, over all connections."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, count):
+        with self._lock:
+            if self.used + count > self.limit:
+                return False
+            self.used += count
+            return True
+
+    def give(self, count):
+        with self._lock:
+            self.used -= count
+
+
 class _SocketWriter:
-    """conn.wfile, bounding how long a client may take to read an answer: each piece within
-    server.socket_timeout (sendall's deadline; cheroot's writer allowed that per send(), so
-    a client reading a byte every few seconds held a worker without end), and the whole
-    answer within socket_timeout plus a second per SEND_RATE bytes of it. The status line
-    and headers wait for the first piece of the body, so a small answer leaves in one send().
+    """conn.wfile. What the client does not take at once waits in an outbox, and the worker
+    goes on: a slow reader holds memory (OUTBOX_CAP, and OUTBOX_BUDGET over all
+    connections; past that, a temporary file within SPILL_BUDGET, as nginx buffers a slow
+    client's answer) or, for a static file, the open file, but no thread. When the worker is
+    done, the selector sends the rest as the client reads (IdleConnections.send_rest).
+    Beyond those caps the worker waits, within the answer's deadline: each piece within
+    server.socket_timeout, the whole answer within socket_timeout plus a second per
+    SEND_RATE bytes (cheroot's writer allowed socket_timeout per send(), so a client
+    reading a byte every few seconds held a worker without end).
+    The status line and headers wait for the first piece of the body, so a small answer
+    leaves in one system call.
     """
 
     SEND_RATE = 64 * 1024  # bytes a second a slow reader must average, after socket_timeout
+    OUTBOX_CAP = 4 * 2**20  # bytes of one connection's answers kept in memory for it
 
     # No __slots__: tests (cheroot's own) patch its methods on the instance.
 
     def __init__(self, sock):
         self.sock = sock
+        self.fd = -1 if sock is None else sock.fileno()
         self.bytes_written = 0
         self.held = None
         self.hold_next = False  # set by begin(): keep the next write (the headers)
         self.started = None
         self.sent = 0
         self.timeout = None
+        self.outbox = collections.deque()  # memoryviews, then perhaps a _FileRest
+        self.kept = 0  # bytes of the outbox in memory (taken from budget)
+        self.spilled = 0  # bytes of the outbox in temporary files (taken from spill_budget)
+        self.budget = None  # the server's _Budget; None: nothing is kept, the worker waits
+        self.spill_budget = None
 
     def begin(self, timeout):
         """An answer starts (_Request.send_headers): its status line and headers come next."""
@@ -724,17 +819,155 @@ class _SocketWriter:
             self.hold_next = False
             self.held = bytes(data)
             return len(data)
-        if self.held is not None:
-            data, self.held = self.held + data, None
-        if self.started is not None and self.timeout:
-            left = self.started + self.timeout + self.sent / self.SEND_RATE - time.monotonic()
-            if left < self.timeout / 2:  # a long answer to a slow reader: its budget runs out
-                self._send_within(data, left)
-                return len(data)
+        size = len(data)
+        pieces = (data,) if self.held is None else (self.held, data)
+        self.held = None
+        if not self.outbox or self.push():
+            pieces = self._send_now(pieces)
+            if not pieces:
+                return size
+        self._keep(pieces)
+        return size
+
+    def _send_now(self, pieces):
+        """Send what the socket takes without waiting; return the rest."""
+        total = sum(map(len, pieces))
+        if not total:
+            return ()
+        try:
+            sent = os.writev(self.fd, pieces) if len(pieces) > 1 else os.write(self.fd, pieces[0])
+        except BlockingIOError:
+            sent = 0
+        self.sent += sent
+        self.bytes_written += sent
+        if sent == total:
+            return ()
+        rest = []
+        for piece in pieces:
+            if sent >= len(piece):
+                sent -= len(piece)
+            else:
+                rest.append(memoryview(piece)[sent:] if sent else piece)
+                sent = 0
+        return rest
+
+    def _keep(self, pieces):
+        """Keep what the client did not take in the outbox, or wait until it takes it."""
+        size = sum(map(len, pieces))
+        budget = self.budget
+        if budget is not None and self.kept + self.spilled + size <= self.OUTBOX_CAP:
+            if budget.take(size):
+                self.outbox.extend(pieces)
+                self.kept += size
+                return
+            if self._spill(pieces, size):
+                return
+        self.wait_sent()
+        for piece in pieces:
+            self._send_waiting(piece)
+
+    def _spill(self, pieces, size):
+        """The memory for slow readers is taken: keep the rest in a temporary file."""
+        spill = self.spill_budget
+        if spill is None or not spill.take(size):
+            return False
+        try:
+            with tempfile.TemporaryFile() as file:
+                for piece in pieces:
+                    file.write(piece)
+                file.flush()
+                fd = os.dup(file.fileno())
+        except OSError:  # no room, a read-only file system, no descriptors: the worker waits
+            spill.give(size)
+            return False
+        self.outbox.append(_FileRest(fd, 0, size, spill))
+        self.spilled += size
+        return True
+
+    def add_file(self, fd, offset, count):
+        """The answer's rest is `count` bytes of file `fd` from `offset` (fd is closed when
+        they are sent or the connection ends)."""
+        self.outbox.append(_FileRest(fd, offset, count))
+
+    def push(self):
+        """Send what the outbox holds as far as the socket takes it now; True once empty."""
+        outbox, fd = self.outbox, self.fd
+        while outbox:
+            item = outbox[0]
+            if type(item) is _FileRest:
+                try:
+                    sent = os.sendfile(fd, item.fd, item.offset, min(item.count, 2**20))
+                except BlockingIOError:
+                    return False
+                if not sent:  # the file shrank since its Content-Length was sent
+                    raise ConnectionAbortedError('the file is shorter than its Content-Length')
+                item.offset += sent
+                item.count -= sent
+                self.sent += sent
+                self.bytes_written += sent
+                if item.budget is not None:
+                    item.budget.give(sent)
+                    self.spilled -= sent
+                if item.count:
+                    continue
+                os.close(item.fd)
+            else:
+                try:
+                    sent = os.write(fd, item)
+                except BlockingIOError:
+                    return False
+                self.sent += sent
+                self.bytes_written += sent
+                self.kept -= sent
+                self.budget.give(sent)
+                if sent < len(item):  # the socket's buffer is full
+                    outbox[0] = memoryview(item)[sent:]
+                    return False
+            outbox.popleft()
+        return True
+
+    def owed(self):
+        return sum(map(len, self.outbox))
+
+    def answer_deadline(self):
+        """time.monotonic() by which the client must have taken the whole answer."""
+        if self.started is None:
+            return time.monotonic() + (self.timeout or 0)
+        return self.started + self.timeout + (self.sent + self.owed()) / self.SEND_RATE
+
+    def discard(self):
+        """The connection ends: what the outbox holds is dropped."""
+        for item in self.outbox:
+            if type(item) is _FileRest:
+                os.close(item.fd)
+                if item.budget is not None:
+                    item.budget.give(item.count)
+        self.outbox.clear()
+        self.spilled = 0
+        if self.kept:
+            self.budget.give(self.kept)
+            self.kept = 0
+
+    def wait_sent(self):
+        """Wait until the outbox is sent, within the answer's deadline."""
+        while not self.push():
+            left = self._left()
+            if left <= 0 or not _writable(self.sock, min(left, self.timeout or left)):
+                raise TimeoutError('timed out')  # as sendall says it: cheroot closes quietly
+
+    def _left(self):
+        if self.started is None or not self.timeout:
+            return self.timeout or math.inf
+        return self.started + self.timeout + self.sent / self.SEND_RATE - time.monotonic()
+
+    def _send_waiting(self, data):
+        left = self._left()
+        if left < (self.timeout or math.inf) / 2:  # a long answer to a slow reader: its budget runs out
+            self._send_within(data, left)
+            return
         self.sock.sendall(data)
         self.sent += len(data)
         self.bytes_written += len(data)
-        return len(data)
 
     def _send_within(self, data, seconds):
         if seconds <= 0:
@@ -820,6 +1053,53 @@ class _CherryPyRequest(_Request, _cpwsgi_server.CPWSGIHTTPRequest):
     """_Request in CherryPy's URL mode (absolute URIs allowed, as CherryPy's server does)."""
 
 
+class _Gateway(cheroot.wsgi.Gateway_10):
+    """cheroot's WSGI gateway, but when a client reads a static file slower than it is sent,
+    the rest of the file goes to the selector as the open file (os.sendfile as the client
+    reads), and the worker is free. Only a file answer as CherryPy's serve_file makes it:
+    a cherrypy.lib.file_generator read from the start, with its Content-Length."""
+
+    def respond(self):  # cheroot's loop, plus the hand-over
+        response = self.req.server.wsgi_app(self.env, self.start_response)
+        wfile = self.req.conn.wfile
+        slow = wfile.outbox if isinstance(wfile, _SocketWriter) else None
+        written = 0
+        try:
+            for chunk in filter(None, response):
+                if not isinstance(chunk, bytes):
+                    raise ValueError('WSGI Applications must yield bytes')
+                self.write(chunk)
+                written += len(chunk)
+                if slow and self._file_rest_to_selector(wfile, written):
+                    break
+        finally:
+            self.req.ensure_headers_sent()
+            if hasattr(response, 'close'):
+                response.close()
+
+    def _file_rest_to_selector(self, wfile, written):
+        declared = self.remaining_bytes_out  # the Content-Length (cheroot never lowers it)
+        if declared is None or self.req.chunked_write:
+            return False
+        body = cherrypy.response.body  # this thread's request, until response.close()
+        if type(body) is not cherrypy.lib.file_generator:
+            return False
+        try:
+            fd = body.input.fileno()
+            at = body.input.tell()
+            size = os.fstat(fd).st_size
+        except (AttributeError, OSError, ValueError):
+            return False
+        if at != written or size - at != declared - written or at >= size:
+            return False  # not a whole file from its start: cheroot's way
+        try:
+            rest = os.dup(fd)  # the file object closes with CherryPy's response
+        except OSError:
+            return False
+        wfile.add_file(rest, at, size - at)
+        return True
+
+
 class _NoExpectHeaderReader(cheroot.server.HeaderReader):
     """cheroot's header reader, leaving out "Expect: 100-continue" when the server has
     answered it already (IdleConnections sends it while it waits for the body)."""
@@ -849,11 +1129,29 @@ class TunedConnection(cheroot.server.HTTPConnection):
     lingering = False  # rejected: what the client still sends is read and dropped
     close_after = False  # the answer says "Connection: close"
     continue_sent = False  # "100 Continue" was sent for the request being collected
+    sending = False  # the selector sends the rest of an answer (IdleConnections.send_rest)
+    close_when_sent = False
+    answer_deadline = 0.0
 
     def __init__(self, server, sock, makefile=cheroot.makefile.MakeFile):
         plain = makefile is cheroot.makefile.MakeFile
         super().__init__(server, sock, _plain_files if plain else makefile)
         self.pending = b'' if plain else None
+        if plain:
+            self.wfile.budget = getattr(server, 'outbox_budget', None)
+            self.wfile.spill_budget = getattr(server, 'spill_budget', None)
+
+    def close(self):
+        """cheroot closes a connection after its last answer: if the client has not taken
+        all of it, the selector sends the rest first."""
+        wfile = self.wfile
+        if isinstance(wfile, _SocketWriter) and wfile.outbox:
+            manager = self.server._connections
+            if self.server.ready and isinstance(manager, IdleConnections):
+                manager.send_rest(self, close=True)
+                return
+            wfile.discard()
+        super().close()
 
 
 class _CherryPyConnection(TunedConnection):
@@ -1023,6 +1321,9 @@ class TunedServer:
     site_headers = ()  # (lower-case name, (name, value)), as bytes; see _Request.send_headers
 
     client_errors = None  # ClientErrors, made by prepare()
+    OUTBOX_BUDGET = 64 * 2**20  # bytes of answers kept for slow readers, all connections
+    SPILL_BUDGET = 1 * 2**30  # past that, in temporary files (nginx's default for proxies)
+    outbox_budget = spill_budget = None  # their _Budgets, made by prepare()
     require_host = False  # HTTP/1.1 without Host: 400 (CherryPy's servers; cheroot does not)
     keep_alive_timeout = None  # set by tune(); None: server.socket_timeout, as cheroot
     _serve_thread = None  # the thread in serve(), joined by stop()
@@ -1047,6 +1348,10 @@ class TunedServer:
         except BaseException:
             pool._queue.close()  # its watchdog ends
             raise
+        self.outbox_budget = _Budget(self.OUTBOX_BUDGET)
+        self.spill_budget = _Budget(self.SPILL_BUDGET)
+        if self.gateway is cheroot.wsgi.Gateway_10:
+            self.gateway = _Gateway
         self.socket.setblocking(False)  # accept() only after the selector said "readable"
         self._connections.close()  # cheroot's manager, replaced before serve() starts
         self._connections = IdleConnections(self)

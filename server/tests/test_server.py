@@ -14,6 +14,7 @@ import importlib.util
 import http.client
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -281,18 +282,165 @@ class RequestReaderTest(unittest.TestCase):
             self.assertRegex(client.recv(100), rb'^HTTP/1\.1 4(13|31) ')
 
 
+class SlowReaderTest(unittest.TestCase):
+    """A client that reads its answer slowly holds no worker: what it has not taken waits
+    in the connection's outbox, a static file as the open file, and the selector sends it
+    as the client reads. One worker thread here: a held worker would show at once."""
+
+    BIG = os.urandom(12 << 20)  # more than the kernel's socket buffers take (4 MiB here)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp()
+        cls.path = os.path.join(cls.dir, 'big.bin')
+        with open(cls.path, 'wb') as f:
+            f.write(cls.BIG)
+        from cherrypy.lib import static
+        path, big = cls.path, cls.BIG
+
+        class Root:
+            @cherrypy.expose
+            def index(self):
+                return 'ok'
+
+            @cherrypy.expose
+            def memory(self):
+                return big
+
+            @cherrypy.expose
+            def file(self):
+                return static.serve_file(path, 'application/octet-stream')
+
+        cls.app = cherrypy.Application(Root(), config={'/': {'tools.gzip.on': False}})
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def serve(self, timeout=5, stop_at_end=True):
+        cap = mock.patch.object(production._SocketWriter, 'OUTBOX_CAP', 32 << 20)
+        cap.start()
+        self.addCleanup(cap.stop)
+        server = serve_in_thread(self.app, timeout=timeout, threads=1)
+        if stop_at_end:
+            self.addCleanup(server.stop)
+        return server
+
+    def slow_client(self, server, paths):
+        client = socket.create_connection(server.bind_addr)  # and reads nothing, for now
+        self.addCleanup(client.close)
+        client.sendall(b''.join(b'GET %s HTTP/1.1\r\nHost: x\r\n\r\n' % path for path in paths))
+        return client
+
+    def assert_served_meanwhile(self, server):
+        started = time.monotonic()
+        status, _, body = request('GET', '/', port=server.bind_addr[1], timeout=4)
+        self.assertEqual((status, body), (200, b'ok'))
+        self.assertLess(time.monotonic() - started, 1.0)  # a held worker: 5 s or more
+
+    def read_answers(self, client, count):
+        client.settimeout(10)
+        data, answers = b'', []
+        while len(answers) < count:
+            chunk = client.recv(1 << 20)
+            self.assertTrue(chunk, f'closed after {len(answers)} answers')
+            data += chunk
+            while b'\r\n\r\n' in data:
+                head, rest = data.split(b'\r\n\r\n', 1)
+                length = int(re.search(rb'(?i)content-length: *(\d+)', head).group(1))
+                if len(rest) < length:
+                    break
+                answers.append((head.split(b' ', 2)[1], rest[:length]))
+                data = rest[length:]
+        return answers
+
+    def wait_until(self, condition, seconds=5):
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return condition()
+
+    def test_a_slow_reader_of_an_answer_from_memory_holds_no_worker(self):
+        server = self.serve()
+        client = self.slow_client(server, [b'/memory'])
+        self.assertTrue(self.wait_until(lambda: server.outbox_budget.used > 0))
+        self.assert_served_meanwhile(server)
+        self.assertEqual(self.read_answers(client, 1), [(b'200', self.BIG)])
+        self.assertTrue(self.wait_until(lambda: server.outbox_budget.used == 0))
+
+    def test_a_slow_reader_of_a_static_file_holds_neither_a_worker_nor_its_bytes(self):
+        server = self.serve()
+        client = self.slow_client(server, [b'/file'])
+        time.sleep(0.5)
+        self.assert_served_meanwhile(server)
+        # In memory: at most the piece of the file being sent when the client fell behind.
+        self.assertLess(server.outbox_budget.used, 128 << 10)
+        self.assertEqual(self.read_answers(client, 1), [(b'200', self.BIG)])
+
+    def test_past_the_memory_budget_an_answer_waits_in_a_temporary_file(self):
+        with mock.patch.object(production.TunedServer, 'OUTBOX_BUDGET', 1 << 20):
+            server = self.serve()
+        client = self.slow_client(server, [b'/memory'])
+        self.assertTrue(self.wait_until(lambda: server.spill_budget.used > 0))
+        self.assertEqual(server.outbox_budget.used, 0)
+        self.assert_served_meanwhile(server)
+        self.assertEqual(self.read_answers(client, 1), [(b'200', self.BIG)])
+        self.assertTrue(self.wait_until(lambda: server.spill_budget.used == 0))
+
+    def test_pipelined_answers_to_a_slow_reader_arrive_whole_and_in_order(self):
+        server = self.serve()
+        client = self.slow_client(server, [b'/file', b'/memory', b'/', b'/file'])
+        time.sleep(0.5)
+        self.assert_served_meanwhile(server)
+        self.assertEqual(self.read_answers(client, 4), [(b'200', self.BIG), (b'200', self.BIG),
+                                                        (b'200', b'ok'), (b'200', self.BIG)])
+
+    def test_a_reader_that_stops_is_dropped_at_the_answers_deadline(self):
+        """socket_timeout 1 s plus 1 s per 64 MiB: the connection is closed after about
+        a second, its file closed and its memory given back, and the server serves on."""
+        fds = len(os.listdir('/proc/self/fd'))
+        with mock.patch.object(production._SocketWriter, 'SEND_RATE', 64 << 20):
+            server = self.serve(timeout=1)
+            clients = [self.slow_client(server, [b'/file', b'/memory'][i % 2:]) for i in range(4)]
+            self.assertTrue(self.wait_until(lambda: server.outbox_budget.used > 0))
+            started = time.monotonic()
+            self.assertTrue(self.wait_until(lambda: server.outbox_budget.used == 0))
+            self.assertLess(time.monotonic() - started, 5)
+            self.assert_served_meanwhile(server)
+        for client in clients:
+            client.close()
+        self.assertTrue(self.wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds + 2),
+                        'a file or socket was left open')
+
+    def test_a_stop_with_answers_owed_closes_everything(self):
+        fds = len(os.listdir('/proc/self/fd'))
+        server = self.serve(stop_at_end=False)
+        clients = [self.slow_client(server, [b'/file']), self.slow_client(server, [b'/memory'])]
+        self.assertTrue(self.wait_until(lambda: server.outbox_budget.used > 0))
+        time.sleep(0.3)
+        server.stop()
+        self.assertEqual(server.outbox_budget.used, 0)
+        for client in clients:
+            client.close()
+        self.assertTrue(self.wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds + 1),
+                        'a file or socket was left open')
+
+
 class OneSendTest(unittest.TestCase):
 
     def test_a_small_answer_leaves_in_one_send(self):
         """Status line, headers and body go out in one system call, not two."""
-        sent, sendall = [], socket.socket.sendall
+        sent, write, writev, sendall = [], os.write, os.writev, socket.socket.sendall
 
-        def counted(sock, data, *args):
-            if sock.getsockname()[1] == PORT:  # the server's side of the connection
-                sent.append(bytes(data))
-            return sendall(sock, data, *args)
+        def counted(send, data, pieces):
+            if pieces and bytes(pieces[0]).startswith(b'HTTP/'):  # the server's side
+                sent.append(b''.join(map(bytes, pieces)))
+            return send(*data)
 
-        with mock.patch.object(socket.socket, 'sendall', counted):
+        with mock.patch.object(os, 'write', lambda *a: counted(write, a, [a[1]])), \
+                mock.patch.object(os, 'writev', lambda *a: counted(writev, a, a[1])), \
+                mock.patch.object(socket.socket, 'sendall',
+                                  lambda *a: counted(sendall, a, [a[1]])):
             status, _, body = request('GET', '/')
         self.assertEqual(status, 200)
         self.assertEqual(len(sent), 1, sent)
