@@ -12,8 +12,11 @@
   settable (prod.conf "ops."); out of file descriptors, accepting pauses; nothing sent
   before a stop is dropped; under load the workers pick up ready connections between
   requests, so the selector thread sleeps (IdleConnections.look_between_requests).
+- Slow readers (cheroot): what a client does not take at once waits in the connection's
+  outbox (memory, then a temporary file, or the static file itself) and the selector sends
+  it, so a slow reader holds no thread (_SocketWriter, _Gateway, IdleConnections.send_rest).
 - Threads (cheroot): the 100-thread pool stays, but requests go to as few threads as keep
-  up (PacedQueue), more as soon as handlers block; a small answer leaves in one send().
+  up (PacedQueue), more as soon as handlers block; a small answer leaves in one write().
 - Requests reach CherryPy through WSGI, as with stock CherryPy, and the hardening headers
   are added as cheroot sends the answer (_Request).
 - The soft limit on open files is raised to the hard one at start (raise_open_files_limit).

@@ -377,6 +377,9 @@ class SlowReaderTest(unittest.TestCase):
         self.assertLess(server.outbox_budget.used, 128 << 10)
         self.assertEqual(self.read_answers(client, 1), [(b'200', self.BIG)])
 
+    def test_the_site_serves_through_this_gateway(self):
+        self.assertIs(cherrypy.server.httpserver.gateway, production._Gateway)
+
     def test_past_the_memory_budget_an_answer_waits_in_a_temporary_file(self):
         with mock.patch.object(production.TunedServer, 'OUTBOX_BUDGET', 1 << 20):
             server = self.serve()
