@@ -52,7 +52,7 @@ import cherrypy
 from cherrypy import _cplogging, _cpwsgi_server
 from cherrypy.lib import cptools, httputil
 
-from . import http, logs
+from . import client_input, http, logs
 
 HEALTH_PATH = '/healthcheck'
 _STOP_WORKER = threadpool._SHUTDOWNREQUEST  # what cheroot queues to end a worker thread
@@ -87,7 +87,8 @@ UPSTREAM = {
     'cherrypy._cpwsgi_server.CPWSGIServer': 'cherrypy.server\'s server class, extended by Server',
     'cherrypy._cpwsgi_server.CPWSGIHTTPRequest': 'its request class, extended by _Request',
     'cherrypy._cplogging.LogManager': 'the access log, extended by AccessLog',
-    'cherrypy.Tool._setup': 'logs.RequestIdTool sets the id there, once per request, before any hook',
+    'cherrypy.Tool._setup': 'logs.RequestIdTool sets the id there, once per request, before any hook; '
+                            'client_input.ClientInputTool checks headers there',
     'cherrypy._cperror.format_exc': 'logs: a traceback as one JSON field',
     'cherrypy._cperror._exc_info': 'logs: the exception being handled, as cherrypy.log reads it',
 }
@@ -421,8 +422,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     def _reject(self, conn, fd, status, reason):
         """Answer a bad request here and close the connection after a linger."""
         server = self.server
-        server.client_errors.note(f'{status} for {conn.remote_addr}: {reason}')
-        _send_now(conn.socket, error_response(server, status, reason))
+        _send_now(conn.socket, refuse(server, conn, status, reason, conn.pending))
         self._hold(-len(conn.pending))
         conn.pending = b''
         conn.head = None
@@ -578,10 +578,9 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                     self._drop(fd, conn)
             elif now > conn.deadline:
                 if not (conn.lingering or conn.sending):
-                    self.server.client_errors.note(
-                        f'408 for {conn.remote_addr}: the request did not arrive in time')
-                    _send_now(conn.socket, error_response(
-                        self.server, '408 Request Timeout', ''))
+                    _send_now(conn.socket, refuse(
+                        server, conn, '408 Request Timeout', '', conn.pending,
+                        note='the request did not arrive in time'))
                 self._drop(fd, conn)
 
     def serve_arrived(self, wait=0.5):
@@ -633,14 +632,34 @@ def _send_now(sock, data):
         return 0
 
 
-def error_response(server, status, reason):
-    """A whole answer for a request the server refuses: the status, the reason, the site
-    headers; no version, no traceback; Connection: close."""
-    body = reason.encode('latin-1', 'replace')
-    lines = [f'{server.protocol} {status}'.encode('latin-1'),
-             b'Content-Type: text/plain', b'Content-Length: %d' % len(body), b'Connection: close']
-    lines += [name + b': ' + value for _, (name, value) in server.site_headers]
-    return b'\r\n'.join(lines) + b'\r\n\r\n' + body
+def refuse(server, conn, status, reason, head, note=None):
+    """A request the server answers itself (IdleConnections, _Request.parse_request): its
+    line in the client-errors log (once a minute per kind) and its answer (error_response),
+    both naming its request id, which logs.id_of_head() takes from `head`, what arrived of
+    the request: the client's or balancer's X-Request-ID if well-formed, else a new one.
+    note: what the log says, if not `reason` (the answer's body)."""
+    request_id = logs.id_of_head(head)
+    server.client_errors.note(f'{status} for {conn.remote_addr} request_id={request_id}: '
+                              f'{reason if note is None else note}')
+    return error_response(server, status, reason, request_id)
+
+
+def error_response(server, status, reason, request_id=None):
+    """A whole answer for a request the server refuses: the status, the reason, the request
+    id (X-Request-Id, as on CherryPy's answers; a new one if none or not well-formed), the
+    site headers; no version, no traceback; Connection: close. It never raises."""
+    try:
+        if not (isinstance(request_id, str) and logs.VALID_ID(request_id)):
+            request_id = logs.new_id()
+        body = reason.encode('latin-1', 'replace')
+        lines = [f'{server.protocol} {status}'.encode('latin-1', 'replace'),
+                 b'Content-Type: text/plain', b'Content-Length: %d' % len(body),
+                 b'Connection: close', b'X-Request-Id: ' + request_id.encode('ascii')]
+        lines += [name + b': ' + value for _, (name, value) in server.site_headers]
+        return b'\r\n'.join(lines) + b'\r\n\r\n' + body
+    except Exception:  # an answer even so: the connection closes after it
+        status = status.encode('ascii', 'replace') if isinstance(status, str) else b'400 Bad Request'
+        return b'HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' % status
 
 
 def _readable(sock, seconds, event=select.POLLIN):
@@ -1024,8 +1043,7 @@ class _Request(cheroot.server.HTTPRequest):
         if self.ready and problem is not None:
             self.ready = False
             status, reason = problem
-            self.server.client_errors.note(f'{status} for {conn.remote_addr}: {reason}')
-            conn.wfile.write(error_response(self.server, status, reason))
+            conn.wfile.write(refuse(self.server, conn, status, reason, head))
             self.close_connection = True
         elif not self.ready:
             self.close_connection = True
@@ -1470,6 +1488,7 @@ def configure_app(app, config):
     app.log = AccessLog(id(app), cherrypy.log.logger_root)
     app.log.log_health_checks = config['ops.log_health_checks']
     logs.install(app, config)  # request ids; LOG_FORMAT
+    client_input.install(app)  # what CherryPy cannot parse: ignored or 400, never 500
     cherrypy.engine.subscribe('start', app.log.start_writer)
     cherrypy.engine.subscribe('exit', app.log.flush)  # no line lost at exit
 

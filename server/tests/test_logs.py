@@ -10,8 +10,9 @@ import unittest
 import cherrypy
 import mock
 
-from server import logs, settings, testing
+from server import logs, production, settings, testing
 from server.testing import CaptureLog, flush_access_log, raw, request, start_server, stop
+from server.tests.test_server import serve_in_thread
 
 PORT, ADMIN_PORT = testing.PORT, testing.ADMIN_PORT
 FRESH = re.compile(r'[0-9a-f]{32}')  # an id the server made
@@ -162,6 +163,95 @@ class RequestIdTest(unittest.TestCase):
         first = next(i for i, line in enumerate(log.lines) if 'request_id=failing-1' in line)
         self.assertRegex(log.lines[first], r'^\[.+\] HTTP request_id=failing-1 ')
         self.assertIn('RuntimeError: boom in a handler', log.lines[first:])
+
+
+def refused(data, port=PORT):
+    """The head of the server's answer to `data`, as {name: value} with the status line
+    under None, and the client-errors lines logged meanwhile (each kind logged afresh)."""
+    with mock.patch.object(cherrypy.server.httpserver.client_errors, '_seen', {}), \
+            CaptureLog('cherrypy.error') as log:
+        answer = raw(data, port=port)
+    head = answer.partition(b'\r\n\r\n')[0].decode('latin-1').split('\r\n')
+    return dict([(None, head[0])] + [line.split(': ', 1) for line in head[1:]]), log.lines
+
+
+class RefusedRequestIdTest(unittest.TestCase):
+    """Requests the server refuses before CherryPy sees them (production.refuse: 400, 408,
+    413, 431, 501, 503) answer with a request id too, and their log line names it."""
+
+    def assertRefused(self, data, status, request_id):
+        headers, lines = refused(data)
+        self.assertTrue(headers[None].startswith('HTTP/1.1 ' + status), headers)
+        if request_id is FRESH:
+            self.assertRegex(headers['X-Request-Id'], FRESH)
+        else:
+            self.assertEqual(headers['X-Request-Id'], request_id)
+        (line,) = [line for line in lines if status in line]
+        self.assertIn(f' request_id={headers["X-Request-Id"]}: ', line)
+        return headers
+
+    def test_the_clients_id_when_the_head_has_one(self):
+        self.assertRefused(b'GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: two-hosts\r\n'
+                           b'Host: y\r\n\r\n', '400', 'two-hosts')  # the worker's check
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: Root=1-67891233-abc\r\n'
+                           b'Content-Length: 9999999\r\n\r\n', '413', 'Root=1-67891233-abc')
+        self.assertRefused(b'GET / HTTP/1.1\r\nHost: x\r\nx-request-id: big.1\r\nX-Big: '
+                           + b'b' * 20000 + b'\r\n\r\n', '431', 'big.1')  # a head cut short
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nX-Request-ID: chunks-1\r\n'
+                           b'Transfer-Encoding: chunked\r\n\r\nzz\r\n', '400', 'chunks-1')
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nX-Request-ID: te-1\r\n'
+                           b'Transfer-Encoding: chunked, chunked\r\n\r\n', '400', 'te-1')
+
+    def test_a_fresh_id_without_a_usable_one(self):
+        for head in (b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n',  # none
+                     b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\nX-Request-ID: two words\r\n\r\n',
+                     b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\nX-Request-ID: \xff\r\n\r\n',
+                     b'GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x00b\r\n\r\n',
+                     b'GET / HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'b' * 20000 + b'\r\nX-Request-ID: late'):
+            headers = self.assertRefused(head, '4', FRESH)
+            self.assertNotIn('late', headers['X-Request-Id'])
+        # Only the head counts: an id in the body is the client's data, not its id.
+        body = b'\r\nX-Request-ID: in-the-body\r\n\r\n'
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999\r\n\r\n'
+                           + body, '413', FRESH)
+
+    def test_a_request_that_never_arrives_whole_gets_408_with_its_id(self):
+        server = serve_in_thread(lambda environ, start_response: [], timeout=1)
+        self.addCleanup(server.stop)
+        lines = []
+        with mock.patch.object(server.client_errors, 'log',
+                               lambda message, **kw: lines.append(message)):
+            answer = raw(b'GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: slow-1\r\nX-Half: ',
+                         port=server.bind_addr[1])
+        self.assertTrue(answer.startswith(b'HTTP/1.1 408 '), answer)
+        self.assertIn(b'\r\nX-Request-Id: slow-1\r\n', answer)
+        self.assertEqual(lines, ['408 Request Timeout for 127.0.0.1 request_id=slow-1: '
+                                 'the request did not arrive in time'])
+
+    def test_id_of_head_takes_any_bytes(self):
+        cases = {b'GET / HTTP/1.1\r\nX-Request-ID: a\r\n\r\n': 'a',
+                 b'GET / HTTP/1.1\r\nX-REQUEST-ID:\tb \r\nX-Amzn-Trace-Id: t\r\n\r\n': 'b',
+                 b'GET / HTTP/1.1\r\nX-Request-ID: bad id\r\nX-Amzn-Trace-Id: t\r\n\r\n': 't',
+                 b'GET / HTTP/1.1\r\nX-Request-ID: 1\r\nX-Request-ID: 2\r\n\r\n': '2',
+                 b'GET / HTTP/1.1\nX-Request-ID: bare-lf\n\n': 'bare-lf',
+                 b'GET / HTTP/1.1\r\nX-Request-ID: ' + b'a' * 128 + b'\r\n': 'a' * 128}
+        for head, expected in cases.items():
+            self.assertEqual(logs.id_of_head(head), expected, head)
+        for head in (b'', b'X-Request-ID: no-line-before\r\n', b'GET / HTTP/1.1\r\nX-Request-ID: cut',
+                     b'GET / HTTP/1.1\r\nX-Request-ID: ' + b'a' * 129 + b'\r\n', None, 'text', 42,
+                     b'GET / HTTP/1.1\r\n\r\nX-Request-ID: body\r\n', bytes(range(256)) * 300):
+            self.assertRegex(logs.id_of_head(head), FRESH, head)
+
+    def test_error_response_never_raises(self):
+        server = cherrypy.server.httpserver
+        for status, reason, request_id in (('400 Bad Request', 'caf\xe9 \u2713', 'ok-1'),
+                                           ('400 Bad Request', '', 'bad id\r\nX-Evil: 1'),
+                                           ('400 Bad Request', '', b'bytes'), ('4\u2713', None, None)):
+            answer = production.error_response(server, status, reason, request_id)
+            self.assertTrue(answer.startswith(b'HTTP/1.1 4'), answer)
+            self.assertNotIn(b'X-Evil', answer)
+            self.assertIn(b'\r\n\r\n', answer)
+        self.assertIn(b'\r\nX-Request-Id: ok-1\r\n', production.error_response(server, '400 Bad Request', '', 'ok-1'))
 
 
 class CombinedTest(unittest.TestCase):

@@ -102,6 +102,24 @@ class Slow:
         return iter([b'more than three'])
 
 
+class Echo:
+    """Test-only handlers under /input: what a handler gets of what the client sent."""
+
+    @cherrypy.expose
+    def header(self, name='Referer'):
+        return cherrypy.request.headers.get(name, '(none)')
+
+    @cherrypy.expose
+    def cookies(self):
+        return ' '.join(f'{name}={morsel.value}'
+                        for name, morsel in sorted(cherrypy.request.cookie.items()))
+
+    @cherrypy.expose
+    @cherrypy.tools.allow(methods=['GET', 'POST'])
+    def params(self, **params):
+        return ' '.join(f'{name}={value}' for name, value in sorted(params.items()))
+
+
 def grafted(environ, start_response):
     start_response('200 OK', [('Content-Type', 'text/plain')])
     return [b'grafted ' + environ['PATH_INFO'].encode()]
@@ -112,7 +130,7 @@ PORT, ADMIN_PORT = testing.PORT, testing.ADMIN_PORT
 
 
 def setUpModule():
-    testing.shared_site(THREADS, mount={'/test': Slow()})
+    testing.shared_site(THREADS, mount={'/test': Slow(), '/input': Echo()})
     if '/grafted' not in cherrypy.tree.apps:
         cherrypy.tree.graft(grafted, '/grafted')
 
@@ -966,6 +984,144 @@ class JsonErrorsTest(unittest.TestCase):
         status, headers, body = request('GET', '/no/such/page')
         self.assertEqual(status, 404)
         self.assertTrue(body.startswith(b'<!DOCTYPE html>'), body)
+
+
+LOGO = os.path.join(HERE, 'static', 'logo.png')
+
+
+class ClientInputTest(unittest.TestCase):
+    """What a client sends that stock CherryPy answered 500 (and logged a traceback for):
+    ignored where HTTP allows it, else 400 (server/client_input.py). Valid requests are
+    served as before."""
+
+    def setUp(self):
+        self.errors = CaptureLog('cherrypy.error').__enter__()
+        self.addCleanup(self.errors.__exit__, None, None, None)
+
+    def tearDown(self):
+        flush_access_log()  # this test's lines, before another test captures the log
+        for line in self.errors.lines:  # not one traceback, whatever the client sent
+            self.assertNotIn('Traceback', line)
+
+    def get(self, path, **headers):
+        return request('GET', path, headers={name.replace('_', '-'): value
+                                             for name, value in headers.items()})
+
+    def test_a_malformed_qvalue_is_ignored_not_a_500(self):
+        # gzip;q=x: nginx's answer too (uncompressed); the other elements still count.
+        for accept, gzipped in (('gzip;q=x', False), ('gzip;q=', False), ('gzip; Q = x', False),
+                                ('gzip;q="0.5"', False), ('identity;q=x', False),
+                                ('gzip, br;q=x', True), ('gzip;q=1, br;q=x', True),
+                                ('br;q=x, gzip;q=0.5', True), ('gzip', True), ('gzip;q=0.8', True),
+                                ('gzip;q=0', False)):
+            for path in ('/', '/static/style.css', '/no/such/page'):
+                status, headers, _ = self.get(path, Accept_Encoding=accept)
+                self.assertEqual((status, headers['Content-Encoding'] == 'gzip'),
+                                 (404 if path == '/no/such/page' else 200, gzipped), (path, accept))
+        # CherryPy's encode tool answered these 400 on every page: ignored alike.
+        for charset in ('utf-8;q=x', 'iso-8859-1;q=x, utf-8', ';q='):
+            status, headers, _ = self.get('/', Accept_Charset=charset)
+            self.assertEqual((status, headers['Content-Type']), (200, 'text/html;charset=utf-8'))
+        self.assertEqual(self.get('/', Accept_Charset='utf-8;q=0, *;q=0')[0], 406)  # as before
+
+    def test_a_malformed_range_is_ignored_and_the_whole_file_sent(self):
+        with open(LOGO, 'rb') as f:
+            logo = f.read()
+        size = len(logo)
+        for given in ('bytes=abc', 'bytes=1-a', 'bytes=', 'bytes=,', 'bytes=-', 'bytes=1-2,abc',
+                      'bytes=1-2-3', 'bytes=5-1', 'bytes=--1', 'lines=0-1', 'abc', 'bytes=-0',
+                      'bytes=' + ','.join(['0-0'] * 201), 'bytes=\xd9\xa1-\xd9\xa2'):
+            status, headers, body = request('GET', '/logo.png', headers={'Range': given})
+            self.assertEqual((status, headers['Content-Range'], body), (200, None, logo), given)
+        status, headers, body = request('GET', '/static/style.css', headers={'Range': 'bytes=x'})
+        self.assertEqual(status, 200)
+        # Valid ranges, as before: 206, 416 when none is satisfiable.
+        huge = '9' * 5000  # past what int() reads
+        for given, content_range, part in (
+                ('bytes=0-1', f'bytes 0-1/{size}', logo[:2]),
+                ('Bytes = 0-1', f'bytes 0-1/{size}', logo[:2]),  # any case, spaces as CherryPy took
+                ('bytes=-5', f'bytes {size - 5}-{size - 1}/{size}', logo[-5:]),
+                ('bytes=1-', f'bytes 1-{size - 1}/{size}', logo[1:]),
+                ('bytes= 2 - 3 ,', f'bytes 2-3/{size}', logo[2:4]),
+                (f'bytes=0-{huge}', f'bytes 0-{size - 1}/{size}', logo),
+                (f'bytes=-{huge}', f'bytes 0-{size - 1}/{size}', logo),
+                ('bytes=-0,0-1', f'bytes 0-1/{size}', logo[:2])):
+            status, headers, body = request('GET', '/logo.png', headers={'Range': given})
+            self.assertEqual((status, headers['Content-Range'], body), (206, content_range, part), given)
+        status, headers, body = request('GET', '/logo.png', headers={'Range': 'bytes=0-0,2-2'})
+        self.assertEqual((status, headers.get_content_type()), (206, 'multipart/byteranges'))
+        for given in (f'bytes={size}-', f'bytes={huge}-', f'bytes={huge}-{huge}'):
+            status, headers, _ = request('GET', '/logo.png', headers={'Range': given})
+            self.assertEqual((status, headers['Content-Range']), (416, f'bytes */{size}'), given)
+
+    def test_a_body_cherrypy_cannot_parse_gets_400(self):
+        form = 'application/x-www-form-urlencoded'
+        for content_type, body in (
+                (form + '; charset=bogus', b'a=1'), (form + '; charset=zip', b'a=1'),
+                (form + '; charset=rot13', b'a=1'), (form + '; charset="', b'a=1'),
+                ('multipart/form-data', b'--b\r\n\r\nv\r\n--b--\r\n'),
+                ('multipart/form-data; boundary=', b'--b\r\n\r\nv\r\n--b--\r\n'),
+                ('multipart/form-data; boundary=' + 'b' * 2000, b'--b\r\n\r\nv\r\n--b--\r\n'),
+                ('multipart/form-data; boundary=b', b'--b\r\nno colon here\r\n\r\nv\r\n--b--\r\n'),
+                ('multipart/form-data; boundary=b',
+                 b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\nv'),  # cut short
+                ('multipart/form-data; boundary=b',
+                 b'--b\r\nContent-Disposition: form-data; name="a"\r\n'
+                 b'Content-Type: text/plain; charset=zip\r\n\r\nv\r\n--b--\r\n')):
+            status = request('POST', '/input/params', body=body,
+                             headers={'Content-Type': content_type})[0]
+            self.assertEqual(status, 400, content_type)
+        status, headers, answer = request('POST', '/test/greet', body=b'[' * 100000,
+                                          headers={'Content-Type': 'application/json'})
+        self.assertEqual((status, headers['Content-Type']), (400, 'application/json'))
+        # What CherryPy parsed, and its own 400s, as before.
+        self.assertEqual(request('POST', '/input/params', body=b'a=1&b=2',
+                                 headers={'Content-Type': form})[::2], (200, b'a=1 b=2'))
+        multipart = (b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\nv\r\n--b--\r\n')
+        self.assertEqual(request('POST', '/input/params', body=multipart, headers={
+            'Content-Type': 'multipart/form-data; boundary=b'})[::2], (200, b'a=v'))
+        self.assertEqual(request('POST', '/input/params', body=b'a=%ff',
+                                 headers={'Content-Type': form})[0], 400)
+        self.assertEqual(request('POST', '/test/greet', body=b'{"nam',
+                                 headers={'Content-Type': 'application/json'})[0], 400)
+
+    def test_a_parameter_named_self_is_dropped(self):
+        for path in ('/?self=1', '/?utm_source=x&self=1', '/healthcheck?self=1', '/healthcheck/?self=1'):
+            self.assertEqual(self.get(path)[0], 200, path)
+        self.assertEqual(self.get('/input/params?self=1&a=2')[::2], (200, b'a=2'))
+        self.assertEqual(request('POST', '/input/params?b=3', body=b'self=1&a=2', headers={
+            'Content-Type': 'application/x-www-form-urlencoded'})[::2], (200, b'a=2 b=3'))
+
+    def test_a_header_cherrypy_cannot_decode_reaches_the_handler_as_sent(self):
+        for value in ('https://a/?u=?x?q?y?=', '=?zip?q?x?=', '=?bogus?q?x?=', '=?utf-8?b?abc?=',
+                      'Mozilla =?utf-8?q?x?=', '=?utf-8?q?=ff?='):
+            for name in ('Referer', 'X-Anything', 'Content-Type'):
+                status, _, body = self.get('/input/header?name=' + name, **{name: value})
+                self.assertEqual((status, body), (200, value.encode()), (name, value))
+        # What CherryPy decodes, it still decodes (RFC 2047, as before).
+        self.assertEqual(self.get('/input/header', Referer='=?utf-8?q?caf=C3=A9?=')[2],
+                         'café'.encode())
+        answer = testing.raw(b'GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: =?zip?q?x?=\r\n'
+                             b'Connection: close\r\n\r\n')
+        self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
+        self.assertNotIn(b'CherryPy/', answer)
+
+    def test_cookies_cherrypy_cannot_read_are_left_out_not_a_400(self):
+        for cookie, seen in (('good=1; a/b=2', 'good=1'), ('a(b=1; good=2', 'good=2'),
+                             ('x=1; y=2', 'x=1 y=2'), ('=?utf-8?q?=ff?=; good=3', 'good=3'),
+                             ('good=4; $Foo=5', 'good=4'), ('$Version=1; good=5', 'good=5'),
+                             ('good=6; c?d=7; e=8', 'e=8 good=6'), ('v="a/b=c"', 'v=a/b=c'),
+                             ('@=1', '')):
+            status, headers, body = self.get('/input/cookies', Cookie=cookie)
+            self.assertEqual((status, body.decode()), (200, seen), cookie)
+            self.assertEqual(headers['Server'], 'CherryPy')  # not CherryPy's default page
+
+    @unittest.skipUnless(importlib.util.find_spec('server.probes'), 'no admin listener without probes.py')
+    def test_the_admin_pages_take_the_same_care(self):
+        for path, headers in (('/no/such/page', {'Referer': 'https://a/?u=?x?q?y?='}),
+                              ('/no/such/page', {'Cookie': 'a/b=1'}),
+                              ('/no/such/page?self=1', {'Accept-Encoding': 'gzip;q=x'})):
+            self.assertEqual(request('GET', path, port=ADMIN_PORT, headers=headers)[0], 404)
 
 
 def project_copy(folder, prod_conf_lines=''):

@@ -1,0 +1,232 @@
+"""What clients send that CherryPy's parsers fail on: ignored where HTTP lets a server ignore
+it, else 400. Never a 500, never a traceback in the log (the table: docs/server-hardening.md).
+
+Stock CherryPy 18.10 answered each case below 500 and logged a traceback, unless said
+otherwise. Valid requests are served exactly as before.
+
+- Accept-Encoding / Accept-Charset elements whose qvalue is not a number (`gzip;q=x`): the
+  element is ignored (RFC 9110 12.5.3: a server may disregard these preferences; nginx takes
+  `gzip;q=x` as "no gzip"). The gzip tool failed on them on every page, error pages too;
+  the encode tool answered 400 for Accept-Charset. The other elements still count:
+  `gzip;q=x` alone is answered uncompressed, `gzip, br;q=x` compressed.
+- A Range header that is not a valid byte-range set (`bytes=abc`, `bytes=1-a`, `bytes=,`),
+  names another unit (`lines=1-2`, served as bytes; RFC 9110 14.2: MUST be ignored), or asks
+  for more than MAX_RANGES ranges: ignored, so a file is answered 200 whole (RFC 9110 14.2: a
+  server MAY ignore Range). An unsatisfiable `-0` is left out (CherryPy sent a 206 with
+  `Content-Range: bytes 275-274/275`); positions past 18 digits are capped (int() refuses
+  over 4,300). Valid ranges are still 206, unsatisfiable ones 416.
+- A body the parsers fail on (an unknown or non-text `charset` on a form, a multipart body
+  without a usable boundary, cut short or with a bad part header, JSON nested beyond the
+  recursion limit for tools.json_in): 400 "Malformed request body.". The body is parsed by
+  this tool's hook, last of the before_request_body hooks, instead of right after them by
+  CherryPy: the same parse at the same point, its errors mapped.
+- A parameter named `self` (`/?self=1`, or in a form body): dropped. A handler method cannot
+  take it (the call failed with "got multiple values for argument 'self'"): the landing page
+  and /healthcheck answered ?self=1 with 500.
+- A header value CherryPy cannot decode as RFC 2047 (`=?zip?q?x?=`, or text before an encoded
+  word, as in `Referer: https://a/?u=?x?q?y?=`): the handler gets it as sent, as from any
+  other server. CherryPy decodes every header with "=?" in it before any tool runs, and
+  failed there before the app's config applied: the 500 page carried the traceback and
+  CherryPy's version, and nothing was logged. So this part is WSGI middleware in the app's
+  pipeline (readable_headers), as is the next.
+- A cookie name outside RFC 6265's token (`a/b=1`, which a script on the site may set) or an
+  unknown `$` attribute: that cookie is left out, the others kept. CherryPy answered 400 with
+  its default error page, version included, and lost every cookie.
+
+production.configure_app() turns it on for the site and the admin pages (`tools.client_input`).
+"""
+import base64
+import re
+from http.cookies import SimpleCookie
+
+import cherrypy
+from cherrypy.lib import httputil
+
+MAX_RANGES = 200  # more ranges in one Range header: ignored (Apache's MaxRanges default)
+_DIGITS = 18  # a byte position longer than this is past any file (10**18 bytes is an exabyte)
+
+# Headers whose elements CherryPy's own tools parse with their qvalues on every request:
+# Accept-Encoding (tools.gzip) and Accept-Charset (tools.encode). As CherryPy stores them.
+NEGOTIATED = ('Accept-Encoding', 'Accept-Charset')
+# A q parameter (any case, spaces or tabs around it, as CherryPy's parsers take it) not
+# followed by a plain number: the header needs the slow check.
+_ODD_Q = re.compile(r';[ \t]*q[ \t]*=(?![ \t]*[0-9]+(?:\.[0-9]*)?[ \t]*(?:[,;]|$))', re.I)
+# Where CherryPy's cookie parser (http.cookies) may read a cookie name it refuses (CookieError:
+# a character outside RFC 6265's token, or a "$" attribute it does not know): at the start, or
+# after a ";" or a space. Two patterns: one alternation at every character cost twice the time.
+_ODD_NAME = r'(?:[=$]|[^;=\s]*[<>@,/(){}?][^;=\s]*=)'
+_ODD_FIRST_COOKIE = re.compile(_ODD_NAME).match
+_ODD_NEXT_COOKIE = re.compile(r'[;\s]' + _ODD_NAME).search
+_RANGE = re.compile(r'[ \t]*(?:([0-9]+)[ \t]*-[ \t]*([0-9]*)|-[ \t]*([0-9]+))[ \t]*')
+
+
+def usable_qvalues(value):
+    """`value` (an Accept-Encoding or Accept-Charset header) without the elements whose qvalue
+    CherryPy cannot read; the value itself when all are readable (the usual case, one regex)."""
+    if not _ODD_Q.search(value) and '"' not in value:
+        return value
+    kept = []
+    for element in httputil.RE_HEADER_SPLIT.split(value):  # CherryPy's own split and parse
+        try:
+            httputil.AcceptElement.from_str(element).qvalue
+        except Exception:  # HTTPError(400) from .qvalue, or anything else: ignore it
+            continue
+        kept.append(element)
+    return ','.join(kept)
+
+
+def _position(digits):
+    """A byte position as CherryPy can take it: no leading zeros, at most _DIGITS digits."""
+    digits = digits.lstrip('0') or '0'
+    return digits if len(digits) <= _DIGITS else '9' * _DIGITS
+
+
+def usable_range(value):
+    """The Range header rewritten as CherryPy parses it safely, or None to ignore it.
+
+    RFC 9110 14.1: "bytes=" then a list of first-last, first- or -suffix. The result has the
+    same ranges, in the same order, without spaces or empty list elements."""
+    unit, equals, ranges = value.partition('=')
+    if not equals or unit.strip().lower() != 'bytes':
+        return None
+    kept = []
+    for spec in ranges.split(','):
+        if not spec.strip():
+            continue  # empty list elements are allowed (RFC 9110 5.6.1)
+        match = _RANGE.fullmatch(spec)
+        if match is None:
+            return None
+        first, last, suffix = match.groups()
+        if suffix is not None:
+            suffix = _position(suffix)
+            if suffix != '0':  # "the last 0 bytes" is unsatisfiable: left out
+                kept.append('-' + suffix)
+            continue
+        first = _position(first)
+        if last:
+            last = _position(last)
+            if (len(last), last) < (len(first), first):
+                return None  # last before first: an invalid range-spec
+            if len(last) == _DIGITS and set(last) == {'9'}:
+                last = ''  # to the end (CherryPy clamps it so anyway)
+        kept.append(f'{first}-{last}')
+    if not kept or len(kept) > MAX_RANGES:
+        return None
+    return 'bytes=' + ','.join(kept)
+
+
+def _read_body():
+    """before_request_body, after the other hooks: parse the body as CherryPy would right
+    after them, a parser's failure on the client's bytes a 400; drop a `self` parameter."""
+    request = cherrypy.serving.request
+    if request.process_request_body:
+        request.process_request_body = False  # parsed here: CherryPy must not parse it again
+        try:
+            request.body.process()
+        except (cherrypy.HTTPError, cherrypy.HTTPRedirect, cherrypy.InternalRedirect):
+            raise  # CherryPy's own answers: 411, 413, 415, "Invalid JSON document"...
+        except Exception:
+            raise cherrypy.HTTPError(400, 'Malformed request body.') from None
+    request.params.pop('self', None)
+
+
+class ClientInputTool(cherrypy.Tool):
+    """tools.client_input. The header checks run in _setup, which CherryPy calls once per
+    request before any hook (as logs.RequestIdTool does); the body hook is attached only to
+    requests that may have a body or a query string."""
+
+    def __init__(self):
+        super().__init__('before_request_body', _read_body, priority=100)
+
+    def _setup(self):
+        request = cherrypy.serving.request
+        headers = request.headers
+        for name in NEGOTIATED:
+            value = dict.get(headers, name)  # dict.get: CherryPy's get() title-cases each time
+            if value is not None and '=' in value:
+                usable = usable_qvalues(value)
+                if usable != value:
+                    if usable.strip(' \t,'):
+                        dict.__setitem__(headers, name, usable)
+                    else:
+                        dict.__delitem__(headers, name)
+        value = dict.get(headers, 'Range')
+        if value is not None:
+            usable = usable_range(value)
+            if usable is None:
+                dict.__delitem__(headers, 'Range')
+            elif usable != value:
+                dict.__setitem__(headers, 'Range', usable)
+        if request.query_string or request.method in request.methods_with_bodies:
+            request.hooks.attach('before_request_body', _read_body, priority=100)
+
+
+cherrypy.tools.client_input = ClientInputTool()
+
+
+def _as_encoded_word(value):
+    """An RFC 2047 encoded word that CherryPy decodes back to `value` exactly."""
+    return '=?utf-8?b?%s?=' % base64.b64encode(value.encode('utf-8')).decode('ascii')
+
+
+def _cherrypy_takes(cookie):
+    """Whether CherryPy reads this Cookie header without an error (it answered 400, with its
+    own error page and version, for a cookie name such as "a/b", and 500 for a bad "=?")."""
+    try:
+        httputil.decode_TEXT_maybe(cookie)
+        SimpleCookie().load(cookie)
+    except Exception:
+        return False
+    return True
+
+
+def usable_cookie(value):
+    """The Cookie header without the cookies CherryPy fails on, and without "$" attributes
+    (RFC 2965's, obsolete) once one fails; the value itself in the usual case (one regex:
+    CherryPy's own parse, done twice, would cost 14 us a request). Each cookie is checked
+    alone: the time stays linear in the header's length."""
+    if '=?' not in value and not _ODD_FIRST_COOKIE(value) and not _ODD_NEXT_COOKIE(value):
+        return value
+    if _cherrypy_takes(value):
+        return value
+    pairs = (pair.strip() for pair in value.split(';'))
+    return '; '.join(pair for pair in pairs
+                     if pair and pair[0] != '$' and _cherrypy_takes(pair))
+
+
+def readable_headers(nextapp):
+    """WSGI middleware (the app's pipeline), before CherryPy reads the headers: a header that
+    CherryPy's RFC 2047 decoding fails on reaches it as an encoded word of its own raw value,
+    which CherryPy decodes to that value; the cookies of a Cookie header that CherryPy would
+    fail on are left out (usable_cookie). Headers without "=?" cost one `in` each."""
+
+    def wsgi(environ, start_response):
+        odd = [key for key, value in environ.items() if key[:5] == 'HTTP_' and '=?' in value]
+        if '=?' in environ.get('CONTENT_TYPE', ''):
+            odd.append('CONTENT_TYPE')
+        for key in odd:
+            value = environ[key].strip()
+            try:
+                httputil.decode_TEXT_maybe(value)
+            except Exception:
+                if key != 'HTTP_COOKIE':  # (cookies: below)
+                    environ[key] = _as_encoded_word(value)
+        cookie = environ.get('HTTP_COOKIE')
+        if cookie is not None:
+            usable = usable_cookie(cookie)
+            if usable != cookie:
+                if _cherrypy_takes(usable) and usable:
+                    environ['HTTP_COOKIE'] = usable
+                else:
+                    del environ['HTTP_COOKIE']
+        return nextapp(environ, start_response)
+    return wsgi
+
+
+def install(app):
+    """Turn the tool on for `app` (unless its config turns it off) and put the middleware in
+    its WSGI pipeline."""
+    app.config.setdefault('/', {}).setdefault('tools.client_input.on', True)
+    pipeline = app.wsgiapp.pipeline
+    if all(name != 'client_input' for name, _ in pipeline):
+        pipeline.append(('client_input', readable_headers))
