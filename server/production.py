@@ -502,9 +502,6 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         """A worker is done with conn, but its client has not taken the whole answer: the
         selector sends the rest as the client reads (within the answer's deadline), then
         closes conn (`close`) or waits for its next request, which is not read before."""
-        if self._stop_requested:
-            self._close(conn)
-            return
         conn.sending, conn.close_when_sent, conn.idle = True, close, False
         conn.answer_deadline = conn.wfile.answer_deadline()
         conn.deadline = min(conn.answer_deadline, time.monotonic() + (self.server.timeout or 0))
@@ -614,6 +611,38 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                     self._receive(fd, conn)
             if not ready:
                 break
+        self._finish_sending(time.monotonic() + (self.server.shutdown_timeout or 0))
+
+    def _finish_sending(self, deadline):
+        """At shutdown: the answers slow readers still owe are sent until `deadline`
+        (server.shutdown_timeout), as stock cheroot's workers would go on sending; new
+        connections are refused meanwhile (a connect that waited in the backlog would be
+        reset after its request was sent)."""
+        def owing():
+            return any(conn.sending for _, conn in self._selector.connections
+                       if conn is not self.server)
+        if not owing():
+            return
+        try:
+            self._selector.unregister(self.server.socket.fileno())
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            self.server.socket.shutdown(socket.SHUT_RD)  # a listener: refuse connects now
+        except OSError:
+            pass
+        while time.monotonic() < deadline and owing():
+            for fd, conn in list(self._selector.select(timeout=0.05)):
+                if conn.sending:
+                    self._send_more(fd, conn)
+
+    def close(self):
+        """cheroot closes every waiting connection at the end of a stop: what slow readers
+        are still owed is dropped, not waited for."""
+        for _, conn in list(self._selector.connections):
+            if conn is not self.server and isinstance(conn.wfile, _SocketWriter):
+                conn.wfile.discard()
+        super().close()
 
 
 STREAM = object()  # _request_end: hand the connection out now, its body streams to the worker
@@ -1171,6 +1200,10 @@ class TunedConnection(cheroot.server.HTTPConnection):
             if self.server.ready and isinstance(manager, IdleConnections):
                 manager.send_rest(self, close=True)
                 return
+            try:  # stopping: this worker sends the rest itself, as stock cheroot's would
+                wfile.wait_sent()
+            except OSError:
+                pass
             wfile.discard()
         super().close()
 

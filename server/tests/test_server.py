@@ -433,13 +433,34 @@ class SlowReaderTest(unittest.TestCase):
         self.assertTrue(self.wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds + 2),
                         'a file or socket was left open')
 
-    def test_a_stop_with_answers_owed_closes_everything(self):
-        fds = len(os.listdir('/proc/self/fd'))
+    def test_a_stop_finishes_what_a_reader_is_owed_and_refuses_new_connections(self):
+        """As stock cheroot's workers would: the answers go on until server.shutdown_timeout."""
         server = self.serve(stop_at_end=False)
+        server.shutdown_timeout = 10
         clients = [self.slow_client(server, [b'/file']), self.slow_client(server, [b'/memory'])]
         self.assertTrue(self.wait_until(lambda: server.outbox_budget.used > 0))
         time.sleep(0.3)
+        stopping = threading.Thread(target=server.stop)
+        stopping.start()
+        time.sleep(0.5)
+        self.assertTrue(stopping.is_alive())
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(server.bind_addr, timeout=2).close()
+        self.assertEqual([answer for client in clients for answer in self.read_answers(client, 1)],
+                         [(b'200', self.BIG), (b'200', self.BIG)])
+        stopping.join(5)
+        self.assertFalse(stopping.is_alive())
+
+    def test_a_stop_with_answers_owed_closes_everything(self):
+        fds = len(os.listdir('/proc/self/fd'))
+        server = self.serve(stop_at_end=False)
+        server.shutdown_timeout = 1
+        clients = [self.slow_client(server, [b'/file']), self.slow_client(server, [b'/memory'])]
+        self.assertTrue(self.wait_until(lambda: server.outbox_budget.used > 0))
+        time.sleep(0.3)
+        started = time.monotonic()
         server.stop()
+        self.assertLess(time.monotonic() - started, 3)  # shutdown_timeout, then what is owed is dropped
         self.assertEqual(server.outbox_budget.used, 0)
         for client in clients:
             client.close()
