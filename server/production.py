@@ -1422,10 +1422,16 @@ class TunedServer:
         return limit is None or idle < limit
 
     def stop(self):
+        timeout, started = self.shutdown_timeout, time.monotonic()
         if self.ready and self.socket is not None:
             self._connections.stop()  # the selector loop; cheroot's stop() would close
             self._connections.serve_arrived()  # ...queued connections unanswered
-        super().stop()
+        if timeout:  # one shutdown_timeout in all, slow readers' answers and workers' requests
+            self.shutdown_timeout = max(0.1, timeout - (time.monotonic() - started))
+        try:
+            super().stop()
+        finally:
+            self.shutdown_timeout = timeout
         queue_ = self.requests._queue
         if isinstance(queue_, PacedQueue):
             queue_.close()  # its watchdog ends
