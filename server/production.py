@@ -602,16 +602,19 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             ready = [(fd, conn) for fd, conn in self._selector.select(timeout=0.05)
                      if conn is not self.server]
             for fd, conn in ready:
-                if conn.sending:
-                    self._send_more(fd, conn)
-                elif conn.pending is None:
-                    self._selector.unregister(fd)
-                    self.server.process_conn(conn)
-                else:
-                    self._receive(fd, conn)
+                self._serve_ready(fd, conn)
             if not ready:
                 break
         self._finish_sending(time.monotonic() + (self.server.shutdown_timeout or 0))
+
+    def _serve_ready(self, fd, conn):
+        if conn.sending:
+            self._send_more(fd, conn)
+        elif conn.pending is None:
+            self._selector.unregister(fd)
+            self.server.process_conn(conn)
+        else:
+            self._receive(fd, conn)
 
     def _finish_sending(self, deadline):
         """At shutdown: the answers slow readers still owe are sent until `deadline`
@@ -632,9 +635,12 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         except OSError:
             pass
         while time.monotonic() < deadline and owing():
+            # Every ready connection, not only those owed an answer: one that is readable (a
+            # kept-alive client closing, or sending a request) stayed ready, and select()
+            # returned at once, round after round, a busy loop until the deadline.
             for fd, conn in list(self._selector.select(timeout=0.05)):
-                if conn.sending:
-                    self._send_more(fd, conn)
+                if conn is not self.server:
+                    self._serve_ready(fd, conn)
 
     def close(self):
         """cheroot closes every waiting connection at the end of a stop: what slow readers

@@ -467,6 +467,41 @@ class SlowReaderTest(unittest.TestCase):
         self.assertTrue(self.wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds + 1),
                         'a file or socket was left open')
 
+    def test_a_stop_owing_answers_reads_the_other_connections_without_spinning(self):
+        """While a stop sends what a slow reader is owed, a kept-alive client that closes, or
+        sends a request, makes its connection readable: it was never read, so select()
+        returned at once, round after round, a busy loop until shutdown_timeout."""
+        server = self.serve(stop_at_end=False)
+        server.shutdown_timeout = 1.5
+        self.slow_client(server, [b'/memory'])
+        kept = []
+        for _ in range(2):
+            client = socket.create_connection(server.bind_addr, timeout=5)
+            self.addCleanup(client.close)
+            client.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+            self.assertTrue(client.recv(1000).endswith(b'ok'))
+            kept.append(client)
+        self.assertTrue(self.wait_until(lambda: server.outbox_budget.used > 0))
+        selector = server._connections._selector
+        selects, select = [], selector.select
+        with mock.patch.object(selector, 'select',
+                               lambda timeout=None: selects.append(1) or select(timeout)):
+            stopping = threading.Thread(target=server.stop)
+            stopping.start()
+
+            def refused():  # the stop is sending what is owed: the listener refuses
+                try:
+                    socket.create_connection(server.bind_addr, timeout=1).close()
+                except ConnectionRefusedError:
+                    return True
+                return False
+            self.assertTrue(self.wait_until(refused, 1))
+            kept[0].close()
+            kept[1].sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')  # answered, as it arrived
+            self.assertTrue(kept[1].recv(1000).startswith(b'HTTP/1.1 200 OK'))
+            stopping.join(5)
+        self.assertFalse(stopping.is_alive())
+        self.assertLess(len(selects), 100)  # 1.5 s of 50 ms waits; spinning: tens of thousands
 
 class OneSendTest(unittest.TestCase):
 
