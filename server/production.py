@@ -67,6 +67,9 @@ UPSTREAM = {
         'the pool\'s request queue, replaced by PacedQueue (TunedServer.prepare)',
     'cheroot.workers.threadpool.ThreadPool().get':
         'what a worker calls for its next connection: PacedQueue.get',
+    'cheroot.workers.threadpool.ThreadPool._force_close':
+        'what ThreadPool.stop() does to a worker still busy at shutdown_timeout: '
+        '_end_connection, set on the pool (TunedServer.prepare)',
     'cheroot.server.HTTPServer()._connections':
         'the ConnectionManager, replaced by IdleConnections (TunedServer.prepare)',
     'cheroot.connections.ConnectionManager()._selector':
@@ -1402,6 +1405,7 @@ class TunedServer:
         pool._queue = PacedQueue(pool.min, pool._queue.maxsize)
         self.client_errors = ClientErrors(self.error_log)
         pool.get = pool._queue.get
+        pool._force_close = _end_connection
         self.last_loop = time.monotonic()  # a restart is not a stuck selector
         try:
             super().prepare()
@@ -1454,6 +1458,25 @@ class TunedServer:
             super().serve()
         finally:
             self._serve_thread = None
+
+
+def _end_connection(conn):
+    """ThreadPool.stop(), at shutdown_timeout, for a worker still busy (cheroot's _force_close
+    read conn.rfile.closed, which _RequestReader lacks: the AttributeError ended the stop
+    and the process exited 70, not 0). As cheroot, reading is shut, so that a worker
+    reading a request body ends; a worker whose answer is under way has its sending shut
+    too, so that one waiting for a slow reader (an answer past the outbox's caps, or the
+    rest of one at a stop: TunedConnection.close) fails at once and ends instead of
+    holding the stop for up to server.socket_timeout. A handler still computing is waited
+    for, and its answer sent, as by cheroot."""
+    if conn is None:
+        return
+    wfile = conn.wfile
+    sending = isinstance(wfile, _SocketWriter) and wfile.started is not None
+    try:
+        conn.socket.shutdown(socket.SHUT_RDWR if sending else socket.SHUT_RD)
+    except OSError:  # closed already
+        pass
 
 
 class Server(TunedServer, _cpwsgi_server.CPWSGIServer):

@@ -503,6 +503,26 @@ class SlowReaderTest(unittest.TestCase):
         self.assertFalse(stopping.is_alive())
         self.assertLess(len(selects), 100)  # 1.5 s of 50 ms waits; spinning: tens of thousands
 
+    def test_a_stop_ends_a_worker_waiting_for_a_slow_reader_at_shutdown_timeout(self):
+        """An answer past OUTBOX_CAP holds its worker until the client takes it. At a stop
+        the selector sent what another reader was owed for shutdown_timeout, then the pool
+        waited another shutdown_timeout for that worker, then cheroot's _force_close failed
+        on _RequestReader (no `closed`): stop() raised, and the process exited 70."""
+        server = self.serve(stop_at_end=False)
+        server.shutdown_timeout = 1
+        self.slow_client(server, [b'/file'])  # the file's rest: the selector sends it
+        self.assertTrue(self.wait_until(lambda: any(
+            conn.sending for _, conn in list(server._connections._selector.connections)
+            if conn is not server)))
+        with mock.patch.object(production._SocketWriter, 'OUTBOX_CAP', 1 << 20):
+            self.slow_client(server, [b'/memory'])  # 12 MiB: the one worker waits
+            time.sleep(0.5)
+            started = time.monotonic()
+            server.stop()  # raised AttributeError after 2 s
+        self.assertLess(time.monotonic() - started, 1.7)
+        self.assertEqual(server.outbox_budget.used, 0)
+
+
 class OneSendTest(unittest.TestCase):
 
     def test_a_small_answer_leaves_in_one_send(self):
