@@ -927,10 +927,29 @@ class _SocketWriter:
             self._send_waiting(piece)
 
     def _spill(self, pieces, size):
-        """The memory for slow readers is taken: keep the rest in a temporary file."""
+        """The memory for slow readers is taken: keep the rest in a temporary file, the one
+        the outbox ends with if it does and holds under OUTBOX_CAP, sent or not (a file per
+        write() held a descriptor for each piece of a streamed answer: one slow reader of
+        64-byte pieces reached the open files limit)."""
         spill = self.spill_budget
         if spill is None or not spill.take(size):
             return False
+        last = self.outbox[-1] if self.outbox else None
+        end = last.offset + last.count if type(last) is _FileRest else None
+        if end is not None and last.budget is spill and end + size <= self.OUTBOX_CAP:
+            try:
+                for piece in pieces:
+                    piece = memoryview(piece)
+                    while piece:
+                        written = os.pwrite(last.fd, piece, end)
+                        end += written
+                        piece = piece[written:]
+            except OSError:  # no room: the worker waits (what was written is never sent)
+                spill.give(size)
+                return False
+            last.count += size
+            self.spilled += size
+            return True
         try:
             with tempfile.TemporaryFile() as file:
                 for piece in pieces:

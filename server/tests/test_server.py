@@ -329,6 +329,11 @@ class SlowReaderTest(unittest.TestCase):
             def file(self):
                 return static.serve_file(path, 'application/octet-stream')
 
+            @cherrypy.expose
+            def pieces(self):  # streamed, in 4 KiB pieces
+                return (big[i:i + 4096] for i in range(0, 8 << 20, 4096))
+            pieces._cp_config = {'response.stream': True}
+
         cls.app = cherrypy.Application(Root(), config={'/': {'tools.gzip.on': False}})
 
     @classmethod
@@ -407,6 +412,40 @@ class SlowReaderTest(unittest.TestCase):
         self.assert_served_meanwhile(server)
         self.assertEqual(self.read_answers(client, 1), [(b'200', self.BIG)])
         self.assertTrue(self.wait_until(lambda: server.spill_budget.used == 0))
+
+    def test_a_streamed_answer_past_the_memory_budget_takes_one_temporary_file(self):
+        """Each write() past the memory budget made a temporary file of its own, each an open
+        descriptor: a slow reader of a stream in small pieces took hundreds, thousands."""
+        with mock.patch.object(production.TunedServer, 'OUTBOX_BUDGET', 1 << 20):
+            server = self.serve()
+        fds = len(os.listdir('/proc/self/fd'))
+        client = self.slow_client(server, [b'/pieces', b'/'])
+        self.assertTrue(self.wait_until(lambda: server.spill_budget.used > (1 << 20)))
+        time.sleep(0.3)  # the stream has ended: the worker is free
+        self.assertLess(len(os.listdir('/proc/self/fd')) - fds, 8)  # it was 500 and more
+        self.assert_served_meanwhile(server)
+        client.settimeout(10)
+        head = b''
+        while b'\r\n\r\n' not in head:
+            head += client.recv(1)
+        self.assertIn(b'Transfer-Encoding: chunked', head)
+        body, data = b'', b''
+        while True:  # chunked: "1000\r\n" 4096 bytes "\r\n", then "0\r\n\r\n"
+            while b'\r\n' not in data:
+                data += client.recv(1 << 20)
+            size, data = data.split(b'\r\n', 1)
+            size = int(size, 16)
+            while len(data) < size + 2:
+                data += client.recv(1 << 20)
+            body, data = body + data[:size], data[size + 2:]
+            if not size:
+                break
+        self.assertEqual(body, self.BIG[:8 << 20])
+        while not data.endswith(b'\r\n\r\nok'):  # the answer that follows
+            data += client.recv(1 << 20)
+        self.assertTrue(data.startswith(b'HTTP/1.1 200 OK\r\n'))
+        self.assertTrue(self.wait_until(lambda: server.spill_budget.used == 0))
+        self.assertEqual(server.outbox_budget.used, 0)
 
     def test_pipelined_answers_to_a_slow_reader_arrive_whole_and_in_order(self):
         server = self.serve()
