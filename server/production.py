@@ -1233,6 +1233,11 @@ class TunedConnection(cheroot.server.HTTPConnection):
             except OSError:
                 pass
             wfile.discard()
+        if self.pending:  # pipelined bytes behind the last answer: out of the selector's count
+            manager = self.server._connections
+            if isinstance(manager, IdleConnections):
+                manager._hold(-len(self.pending))
+            self.pending = b''
         super().close()
 
 

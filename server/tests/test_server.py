@@ -291,6 +291,30 @@ class RequestReaderTest(unittest.TestCase):
                 time.sleep(0.001)
             self.assertEqual(self._read_answers(client, 1), [b'/slow ' + b'v' * 600])
 
+    def test_bytes_behind_a_last_answer_leave_the_buffer_count(self):
+        """A connection a worker closes (Connection: close, HTTP/1.0) with a pipelined
+        request behind its answer: those bytes stayed counted against BUFFER_BUDGET for
+        good. A thousand such connections and every request not arriving in one read got 503."""
+        server = self._serve_echo()
+        manager = server._connections
+        for first in (b'GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+                      b'GET /a HTTP/1.0\r\n\r\n'):
+            with socket.create_connection(server.bind_addr) as client:
+                client.sendall(first + b'POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 50000'
+                               b'\r\n\r\n' + b'x' * 20000)
+                client.settimeout(5)
+                while client.recv(1000):  # the answer, then the server closes
+                    pass
+            self.assertTrue(self.wait_until(lambda: manager._held == 0),
+                            f'{manager._held} bytes still counted')
+
+    @staticmethod
+    def wait_until(condition, seconds=2):
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return condition()
+
     def test_a_header_too_large_still_gets_an_error(self):
         server = self._serve_echo()
         server.max_request_header_size = 4096
