@@ -92,6 +92,9 @@ UPSTREAM = {
     'cherrypy._cplogging.LogManager': 'the access log, extended by AccessLog',
     'cherrypy.Tool._setup': 'logs.RequestIdTool sets the id there, once per request, before any hook; '
                             'client_input.ClientInputTool checks headers there',
+    'cherrypy.lib.file_generator_limited':
+        'one range of a static file: _Gateway reads its locals "fileobj" and "remaining" to '
+        'send the rest from the file (SlowReaderTest fails if they change)',
     'cherrypy._cperror.format_exc': 'logs: a traceback as one JSON field',
     'cherrypy._cperror._exc_info': 'logs: the exception being handled, as cherrypy.log reads it',
 }
@@ -1135,7 +1138,8 @@ class _Gateway(cheroot.wsgi.Gateway_10):
     """cheroot's WSGI gateway, but when a client reads a static file slower than it is sent,
     the rest of the file goes to the selector as the open file (os.sendfile as the client
     reads), and the worker is free. Only a file answer as CherryPy's serve_file makes it:
-    a cherrypy.lib.file_generator read from the start, with its Content-Length."""
+    a cherrypy.lib.file_generator read from the start, or one range of a file, with its
+    Content-Length."""
 
     def respond(self):  # cheroot's loop, plus the hand-over
         response = self.req.server.wsgi_app(self.env, self.start_response)
@@ -1159,23 +1163,40 @@ class _Gateway(cheroot.wsgi.Gateway_10):
         declared = self.remaining_bytes_out  # the Content-Length (cheroot never lowers it)
         if declared is None or self.req.chunked_write:
             return False
+        owed = declared - written
         body = cherrypy.response.body  # this thread's request, until response.close()
-        if type(body) is not cherrypy.lib.file_generator:
+        if type(body) is cherrypy.lib.file_generator:  # a whole file
+            source, left = body.input, None
+        elif getattr(body, 'gi_code', None) is _ONE_RANGE and body.gi_frame is not None:
+            # One range of a file (Range: bytes=...): the generator's own file and count.
+            frame = body.gi_frame.f_locals
+            source, left = frame.get('fileobj'), frame.get('remaining')
+        else:
             return False
         try:
-            fd = body.input.fileno()
-            at = body.input.tell()
+            fd = source.fileno()
+            at = source.tell()
             size = os.fstat(fd).st_size
         except (AttributeError, OSError, ValueError):
             return False
-        if at != written or size - at != declared - written or at >= size:
-            return False  # not a whole file from its start: cheroot's way
+        if left is None:
+            if at != written or size - at != owed:
+                return False  # not a whole file from its start: cheroot's way
+        elif left != owed or at + owed > size:
+            return False
+        if owed <= 0:
+            return False
         try:
             rest = os.dup(fd)  # the file object closes with CherryPy's response
         except OSError:
             return False
-        wfile.add_file(rest, at, size - at)
+        wfile.add_file(rest, at, owed)
         return True
+
+
+# CherryPy's generator of one range of a file (cherrypy.lib.static, for "Range: bytes=a-b");
+# _Gateway reads its locals "fileobj" and "remaining" (UPSTREAM).
+_ONE_RANGE = cherrypy.lib.file_generator_limited.__code__
 
 
 class _NoExpectHeaderReader(cheroot.server.HeaderReader):

@@ -424,6 +424,17 @@ class SlowReaderTest(unittest.TestCase):
         self.assertLess(server.outbox_budget.used, 128 << 10)
         self.assertEqual(self.read_answers(client, 1), [(b'200', self.BIG)])
 
+    def test_a_slow_reader_of_a_range_of_a_static_file_holds_neither(self):
+        """Range: bytes=1000- (as media players ask): the rest goes from the file too."""
+        server = self.serve()
+        client = socket.create_connection(server.bind_addr)
+        self.addCleanup(client.close)
+        client.sendall(b'GET /file HTTP/1.1\r\nHost: x\r\nRange: bytes=1000-\r\n\r\n')
+        time.sleep(0.5)
+        self.assert_served_meanwhile(server)
+        self.assertLess(server.outbox_budget.used, 128 << 10)
+        self.assertEqual(self.read_answers(client, 1), [(b'206', self.BIG[1000:])])
+
     def test_the_site_serves_through_this_gateway(self):
         self.assertIs(cherrypy.server.httpserver.gateway, production._Gateway)
 
