@@ -226,6 +226,10 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         super().__init__(server)
         self._looking = threading.Lock()  # one looker at a time: no connection handed out twice
         self._room = threading.Event()    # PacedQueue: a thread could start one more request
+        # ...and the same said to the selector thread's poll() (_wait_for_room), by a pipe.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         self._held = 0  # bytes in the buffers of connections in the selector
         self._held_lock = threading.Lock()
         self._accept_paused = None  # (resume at, pause) while accept() lacks descriptors
@@ -233,7 +237,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         if hasattr(server.requests._queue, 'has_room'):  # a PacedQueue, not cheroot's queue
             self._queue = server.requests._queue
             self._queue.look = self.look_between_requests
-            self._queue.on_room = self._room.set
+            self._queue.on_room = self._wake
 
     def look_between_requests(self):
         """A worker that finished a request and found the queue empty takes what is ready
@@ -263,15 +267,52 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         last_expiry = time.time()
         while not self._stop_requested:
             self._room.clear()  # before the check: a worker's set() after it wakes the wait
+            self._drain_wake()
             if self._queue.has_room():
                 with self._looking:
                     self._hand_out_ready(timeout=expiration_interval)
             else:
-                self._room.wait(expiration_interval)
+                self._wait_for_room(expiration_interval)
             if time.time() - last_expiry > expiration_interval:
                 with self._looking:
                     self._expire(None)
                 last_expiry = time.time()
+
+    def _wake(self):
+        """PacedQueue.on_room: a thread could start a request; the selector thread looks."""
+        self._room.set()
+        try:
+            os.write(self._wake_write, b'\0')
+        except OSError:  # full (it is awake already) or closed (stopped)
+            pass
+
+    def _drain_wake(self):
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except OSError:
+            pass
+
+    def _wait_for_room(self, seconds):
+        """While every running thread is busy: no request is read (it would only wait in the
+        queue), but new connections are accepted at once, as cheroot's loop does. A burst
+        past the listen backlog (server.socket_queue_size) was dropped while threads were
+        busy, its clients' connects retried 1, 3, 7 s later: CherryPy's test_antistampede,
+        100 clients of a 4 s handler, took 14-61 s instead of stock's 4.1 s."""
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        paused = self._accept_paused
+        if paused is None:
+            poller.register(self.server.socket, select.POLLIN)
+        elif time.monotonic() >= paused[0]:
+            with self._looking:
+                self._resume_accepting()
+            return
+        else:
+            seconds = min(seconds, paused[0] - time.monotonic())
+        if any(fd != self._wake_read for fd, _ in poller.poll(max(0.0, seconds) * 1000)):
+            with self._looking:
+                self._from_server_socket(self.server.socket)
 
     def _run_alone(self, expiration_interval):
         """cheroot's loop, with this class's reading and deadlines (cheroot's own queue)."""
@@ -558,7 +599,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
 
     def stop(self):
         self._stop_requested = True
-        self._room.set()  # the selector thread stops waiting for room: it has to stop
+        self._wake()  # the selector thread stops waiting for room: it has to stop
         super().stop()
 
     def run(self, expiration_interval):
@@ -576,6 +617,14 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         for fd, conn in list(self._selector.connections):
             if conn is self.server:
                 continue
+            if (conn.pending == b'' and not conn.lingering and not conn.sending
+                    and (conn.idle and (conn.last_used or 0) < idle_since or now > conn.deadline)
+                    and _readable(conn.socket, 0)):
+                # A request (or a close) that arrived while every thread was busy, so that no
+                # one read it: read it now, before a 408 or an idle close would lose it.
+                self._receive(fd, conn)
+                if conn.socket is None or conn.socket.fileno() < 0 or not conn.pending and not conn.idle:
+                    continue  # handed out, closed, or taken whole
             if conn.pending is None or conn.idle:
                 if conn.last_used is not None and conn.last_used < idle_since:
                     self._drop(fd, conn)
@@ -655,6 +704,11 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             if conn is not self.server and isinstance(conn.wfile, _SocketWriter):
                 conn.wfile.discard()
         super().close()
+        for fd in (self._wake_read, self._wake_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 STREAM = object()  # _request_end: hand the connection out now, its body streams to the worker
