@@ -230,6 +230,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        self._wake_lock = threading.Lock()  # no write to a closed pipe's number, reused since
         self._held = 0  # bytes in the buffers of connections in the selector
         self._held_lock = threading.Lock()
         self._accept_paused = None  # (resume at, pause) while accept() lacks descriptors
@@ -281,17 +282,22 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     def _wake(self):
         """PacedQueue.on_room: a thread could start a request; the selector thread looks."""
         self._room.set()
-        try:
-            os.write(self._wake_write, b'\0')
-        except OSError:  # full (it is awake already) or closed (stopped)
-            pass
+        with self._wake_lock:
+            if self._wake_write >= 0:
+                try:
+                    os.write(self._wake_write, b'\0')
+                except OSError:  # full: it is awake already
+                    pass
 
     def _drain_wake(self):
-        try:
-            while os.read(self._wake_read, 4096):
+        with self._wake_lock:
+            if self._wake_read < 0:
+                return
+            try:
+                while os.read(self._wake_read, 4096):
+                    pass
+            except OSError:  # empty
                 pass
-        except OSError:
-            pass
 
     def _wait_for_room(self, seconds):
         """While every running thread is busy: no request is read (it would only wait in the
@@ -299,8 +305,11 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         past the listen backlog (server.socket_queue_size) was dropped while threads were
         busy, its clients' connects retried 1, 3, 7 s later: CherryPy's test_antistampede,
         100 clients of a 4 s handler, took 14-61 s instead of stock's 4.1 s."""
+        wake = self._wake_read
+        if wake < 0 or self._stop_requested:
+            return
         poller = select.poll()
-        poller.register(self._wake_read, select.POLLIN)
+        poller.register(wake, select.POLLIN)
         paused = self._accept_paused
         if paused is None:
             poller.register(self.server.socket, select.POLLIN)
@@ -310,9 +319,10 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             return
         else:
             seconds = min(seconds, paused[0] - time.monotonic())
-        if any(fd != self._wake_read for fd, _ in poller.poll(max(0.0, seconds) * 1000)):
+        if any(fd != wake for fd, _ in poller.poll(max(0.0, seconds) * 1000)):
             with self._looking:
-                self._from_server_socket(self.server.socket)
+                if not self._stop_requested:  # else the listener may be closed already
+                    self._from_server_socket(self.server.socket)
 
     def _run_alone(self, expiration_interval):
         """cheroot's loop, with this class's reading and deadlines (cheroot's own queue)."""
@@ -704,11 +714,11 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             if conn is not self.server and isinstance(conn.wfile, _SocketWriter):
                 conn.wfile.discard()
         super().close()
-        for fd in (self._wake_read, self._wake_write):
-            try:
+        with self._wake_lock:
+            pipe, self._wake_read, self._wake_write = (self._wake_read, self._wake_write), -1, -1
+        for fd in pipe:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
 
 
 STREAM = object()  # _request_end: hand the connection out now, its body streams to the worker
