@@ -11,7 +11,7 @@
   must arrive within server.socket_timeout (else 408); idle keep-alive time and count are
   settable (prod.conf "ops."); out of file descriptors, accepting pauses; nothing sent
   before a stop is dropped; under load the workers pick up ready connections between
-  requests, so the selector thread sleeps (IdleConnections.look_between_requests).
+  requests, so the selector thread only accepts (IdleConnections.look_between_requests).
 - Slow readers (cheroot): what a client does not take at once waits in the connection's
   outbox (memory, then a temporary file, or the static file itself) and the selector sends
   it, so a slow reader holds no thread (_SocketWriter, _Gateway, IdleConnections.send_rest).
@@ -211,7 +211,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     6. Stopping: what arrived is served, and the loop neither spins nor lets a worker die
        handing a connection back to a closed selector.
     7. Under load the workers look for ready connections themselves, between requests
-       (look_between_requests), and the selector thread sleeps.
+       (look_between_requests), and the selector thread only accepts new connections.
     8. It notes when its loop last ran, so readiness can tell a stuck listener.
     """
 
@@ -225,8 +225,8 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     def __init__(self, server):
         super().__init__(server)
         self._looking = threading.Lock()  # one looker at a time: no connection handed out twice
-        self._room = threading.Event()    # PacedQueue: a thread could start one more request
-        # ...and the same said to the selector thread's poll() (_wait_for_room), by a pipe.
+        # PacedQueue says "a thread could start one more request" to the selector thread's
+        # poll() (_wait_for_room) through this pipe.
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -267,8 +267,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             return self._run_alone(expiration_interval)
         last_expiry = time.time()
         while not self._stop_requested:
-            self._room.clear()  # before the check: a worker's set() after it wakes the wait
-            self._drain_wake()
+            self._drain_wake()  # before the check: a worker's _wake() after it ends the wait
             if self._queue.has_room():
                 with self._looking:
                     self._hand_out_ready(timeout=expiration_interval)
@@ -281,7 +280,6 @@ class IdleConnections(cheroot.connections.ConnectionManager):
 
     def _wake(self):
         """PacedQueue.on_room: a thread could start a request; the selector thread looks."""
-        self._room.set()
         with self._wake_lock:
             if self._wake_write >= 0:
                 try:
