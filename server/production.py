@@ -239,6 +239,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             self._queue = server.requests._queue
             self._queue.look = self.look_between_requests
             self._queue.on_room = self._wake
+            self._queue.refuse = self._refuse_waiting
 
     def look_between_requests(self):
         """A worker that finished a request and found the queue empty takes what is ready
@@ -277,6 +278,15 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 with self._looking:
                     self._expire(None)
                 last_expiry = time.time()
+
+    def _refuse_waiting(self, conn):
+        """PacedQueue.refuse: a request found no place within server.accepted_queue_timeout:
+        503 and close, as stock cheroot answers when its queue stays full."""
+        if conn.pending is not None:  # plain HTTP (TLS: closed, as the answer would need it)
+            head = conn.rfile.data if isinstance(conn.rfile, _RequestReader) else b''
+            _send_now(conn.socket, refuse(self.server, conn, '503 Service Unavailable',
+                                          'The server is busy; try again later.', head))
+        conn.close()
 
     def _wake(self):
         """PacedQueue.on_room: a thread could start a request; the selector thread looks."""
@@ -1367,6 +1377,7 @@ class PacedQueue:
         self.core = _cpu_limit()  # "a core" under a container CPU limit below one
         self._lock = threading.Lock()
         self._items = collections.deque()  # connections with a request waiting, oldest first
+        self._overflow = collections.deque()  # (give up at, connection): no place for it yet
         self._idle = []  # sleeping threads, most recently idle last
         self._busy = set()  # the _Waiters of threads on a request (the watchdog looks at these)
         self._stalled = 0  # ...of which on the same one for over STALL (the watchdog counts)
@@ -1381,16 +1392,42 @@ class PacedQueue:
             self._watcher.join(timeout=1.0)
 
     def qsize(self):
-        return len(self._items)
+        return len(self._items) + len(self._overflow)
 
     def put(self, item, block=True, timeout=None):
-        """Queue a connection with a request; queue.Full beyond server.accepted_queue_size
-        (cheroot then answers 503), at once: the looking thread must not wait."""
+        """Queue a connection with a request, as cheroot's ThreadPool.put() does, with
+        server.accepted_queue_size and server.accepted_queue_timeout meaning what they mean
+        on stock: a request finds a place if a thread is free or fewer than accepted_queue_size
+        wait (here threads sleep while others keep up, so the sleeping ones count as free),
+        else it waits up to accepted_queue_timeout for one, then gets 503. Stock's put()
+        waited in the selector thread; here the request waits in _overflow, the looking
+        thread goes on, and the watchdog refuses it when its time is up (refuse())."""
         with self._lock:
-            if 0 < self.maxsize <= len(self._items) and item is not _STOP_WORKER:
-                raise queue.Full
+            if item is _STOP_WORKER:  # a stop serves every request that arrived before it
+                self._items.extend(conn for _, conn in self._overflow)
+                self._overflow.clear()
+            elif self._overflow or self._full():
+                if not block or timeout is not None and timeout <= 0:
+                    raise queue.Full  # cheroot answers 503
+                wait = math.inf if timeout is None else timeout
+                self._overflow.append((time.monotonic() + wait, item))
+                return
             self._items.append(item)  # in order: a stop never overtakes a waiting request
             self._hand_out()
+
+    def _full(self):
+        """Whether a request queued now would wait for a place (lock held)."""
+        return 0 < self.maxsize <= len(self._items) - len(self._idle)
+
+    def _admit_waiting(self, now):
+        """Requests waiting for a place take those that freed up; those whose
+        accepted_queue_timeout is up are returned, to be refused (lock held)."""
+        overflow, expired = self._overflow, []
+        while overflow and not self._full():
+            self._items.append(overflow.popleft()[1])
+        while overflow and overflow[0][0] <= now:
+            expired.append(overflow.popleft()[1])
+        return expired
 
     def get(self):
         """A worker asks for its next request; the one before it, if any, is done."""
@@ -1402,8 +1439,14 @@ class PacedQueue:
                 waiter = self._local.waiter = _Waiter()
             self._busy.discard(waiter)
             if self._items and (self.has_room() or self._items[0] is _STOP_WORKER):
-                return self._take(waiter, self._items.popleft())  # no sleep, no switch
+                item = self._take(waiter, self._items.popleft())  # no sleep, no switch
+                if self._overflow:
+                    self._admit_waiting(-math.inf)  # a place freed up; none gives up here
+                return item
             self._idle.append(waiter)
+            if self._overflow:
+                self._admit_waiting(-math.inf)
+                self._hand_out()
             room = self.has_room()
         if room:  # this thread stops looking between requests: the selector thread looks
             self.on_room()
@@ -1415,6 +1458,10 @@ class PacedQueue:
 
     def on_room(self):
         """Set by IdleConnections: called when has_room() may have turned true."""
+
+    def refuse(self, conn):
+        """Set by IdleConnections: a request found no place in accepted_queue_timeout."""
+        conn.close()
 
     def has_room(self):
         """Whether a request handed out now would start at once (IdleConnections reads it
@@ -1455,8 +1502,11 @@ class PacedQueue:
                 self.active = min(self.active * 2, self.max_active)
             elif used >= self.FULL_CPU and self.active > 1:
                 self.active -= 1  # the extra thread goes idle when it finishes
+            expired = self._admit_waiting(now) if self._overflow else ()
             self._hand_out()
             room = self.has_room()
+        for conn in expired:
+            self.refuse(conn)
         if room:  # a thread stalled or `active` grew: the selector thread looks
             self.on_room()
 

@@ -355,15 +355,131 @@ class RawSocketTest(unittest.TestCase):
 
 
 class QueueLimitTest(unittest.TestCase):
+    """server.accepted_queue_size and accepted_queue_timeout mean what they mean on stock: a
+    request finds a place if a thread is free or fewer than the size wait; else it waits up
+    to the timeout for one, then gets 503."""
 
-    def test_accepted_queue_size_is_honoured(self):
-        pool = production.PacedQueue(1, maxsize=2)
-        self.addCleanup(setattr, pool, 'closed', True)
+    def queue(self, threads, size):
+        pool = production.PacedQueue(threads, maxsize=size)
+        self.addCleanup(pool.close)
+        refused = []
+        pool.refuse = refused.append
+        return pool, refused
+
+    def test_past_the_size_a_request_is_refused_at_once_without_a_timeout(self):
+        pool, _ = self.queue(1, 2)
         pool.put('a')
         pool.put('b')
+        with self.assertRaises(queue.Full):  # cheroot answers 503
+            pool.put('c', timeout=0)
         with self.assertRaises(queue.Full):
-            pool.put('c')
+            pool.put('c', block=False)
         pool.put(production._STOP_WORKER)  # a stop is never refused
+
+    def test_past_the_size_a_request_waits_up_to_the_timeout_then_is_refused(self):
+        pool, refused = self.queue(1, 1)
+        pool.put('a')
+        started = time.monotonic()
+        pool.put('b', timeout=0.2)  # returns at once: the looking thread does not wait
+        self.assertLess(time.monotonic() - started, 0.1)
+        self.assertEqual(pool.qsize(), 2)
+        deadline = time.monotonic() + 5
+        while not refused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(refused, ['b'])
+        self.assertGreaterEqual(time.monotonic() - started, 0.2)
+        self.assertEqual(pool.qsize(), 1)
+
+    def test_a_waiting_request_takes_a_place_that_frees_up_in_time(self):
+        pool, refused = self.queue(1, 1)
+        pool.put('a')
+        pool.put('b', timeout=5)
+        taken = []
+        worker = threading.Thread(target=lambda: taken.extend([pool.get(), pool.get()]))
+        worker.start()
+        worker.join(5)
+        self.assertEqual(taken, ['a', 'b'])
+        self.assertEqual(refused, [])
+
+    def test_sleeping_threads_count_as_free_places(self):
+        """The queue runs requests on as few threads as keep up; the others sleep. On stock
+        they would each have taken a request: a burst of threads + size requests fits."""
+        pool, refused = self.queue(3, 1)
+        taken = []
+        sleepers = [threading.Thread(target=lambda: taken.append(pool.get())) for _ in range(3)]
+        for thread in sleepers:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while len(pool._idle) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pool.active = 0  # no thread may start: all four wait in the queue
+        for item in 'abcd':
+            pool.put(item, timeout=0)  # no queue.Full: 3 sleeping threads and 1 place
+        with self.assertRaises(queue.Full):
+            pool.put('e', timeout=0)
+        pool.active = 3
+        with pool._lock:
+            pool._hand_out()
+        for thread in sleepers:
+            thread.join(5)
+        self.assertEqual(sorted(taken), ['a', 'b', 'c'])
+
+    def test_a_stop_serves_the_requests_still_waiting_for_a_place(self):
+        pool, refused = self.queue(1, 1)
+        pool.put('a')
+        pool.put('b', timeout=5)
+        pool.put(production._STOP_WORKER)
+        self.assertEqual([pool._items.popleft() for _ in range(3)],
+                         ['a', 'b', production._STOP_WORKER])
+        self.assertEqual(refused, [])
+
+    def test_a_burst_past_the_size_is_served_as_on_stock(self):
+        """CherryPy's test_refleaks ran after test_conn left accepted_queue_size 5 set: 25
+        clients at once on 10 threads, and up to 6 got 503 (stock: none)."""
+        def app(environ, start_response):
+            time.sleep(0.02)
+            start_response('200 OK', [('Content-Length', '2')])
+            return [b'ok']
+        server = serve_in_thread(app, threads=10, accepted_queue_size=5, accepted_queue_timeout=10)
+        self.addCleanup(server.stop)
+        statuses = []
+
+        def client():
+            answer = exchange(server.bind_addr, b'GET / HTTP/1.1\r\nHost: x\r\n'
+                              b'Connection: close\r\n\r\n')
+            statuses.append(answer.split(b' ', 2)[1])
+        clients = [threading.Thread(target=client) for _ in range(25)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(20)
+        self.assertEqual(statuses, [b'200'] * 25)
+
+    def test_a_request_that_found_no_place_in_time_gets_503(self):
+        release = threading.Event()
+
+        def app(environ, start_response):
+            release.wait(10)
+            start_response('200 OK', [('Content-Length', '2')])
+            return [b'ok']
+        server = serve_in_thread(app, threads=1, accepted_queue_size=1, accepted_queue_timeout=0.3)
+        self.addCleanup(server.stop)
+        self.addCleanup(release.set)
+        head = b'GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: late-one\r\nConnection: close\r\n\r\n'
+        busy = [socket.create_connection(server.bind_addr) for _ in range(2)]  # running, queued
+        for sock in busy:
+            self.addCleanup(sock.close)
+            sock.sendall(b'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+            time.sleep(0.2)
+        started = time.monotonic()
+        answer = exchange(server.bind_addr, head)
+        self.assertGreaterEqual(time.monotonic() - started, 0.25)
+        self.assertTrue(answer.startswith(b'HTTP/1.1 503 '), answer)
+        self.assertIn(b'X-Request-Id: late-one', answer)
+        release.set()
+        for sock in busy:
+            sock.settimeout(5)
+            self.assertTrue(sock.recv(100).startswith(b'HTTP/1.1 200 '))
 
 
 class OpenFilesTest(unittest.TestCase):

@@ -216,12 +216,13 @@ class KeepAliveTest(unittest.TestCase):
                 conn.close()
 
 
-def serve_in_thread(app, timeout=10, threads=2, expiration_interval=0.5, backlog=64):
+def serve_in_thread(app, timeout=10, threads=2, expiration_interval=0.5, backlog=64, **options):
     """A production.AdminServer on a free loopback port, serving from a thread; stop() it.
     expiration_interval: the selector thread's longest sleep (cheroot's, 0.5 s).
-    backlog: the listen queue (server.socket_queue_size)."""
+    backlog: the listen queue (server.socket_queue_size).
+    options: cheroot's, e.g. accepted_queue_size and accepted_queue_timeout."""
     server = production.AdminServer(('127.0.0.1', 0), app, numthreads=threads,
-                                    request_queue_size=backlog)
+                                    request_queue_size=backlog, **options)
     server.tune(keep_alive_timeout=60, keep_alive_limit=100)
     server.timeout = timeout  # server.socket_timeout
     server.expiration_interval = expiration_interval
