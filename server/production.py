@@ -44,6 +44,7 @@ import threading
 import time
 
 import cheroot.connections
+import cheroot.errors
 import cheroot.makefile
 import cheroot.server
 import cheroot.wsgi
@@ -1180,6 +1181,26 @@ class _Request(cheroot.server.HTTPRequest):
         elif not self.ready:
             self.close_connection = True
 
+    def simple_response(self, status, msg=''):
+        """cheroot's own refusals (a malformed request line or URI, 505, a missing length...)
+        answered as the template's: X-Request-Id, named in their client-errors line, the site
+        headers and Connection: close (the connection closes after each, as it did)."""
+        status = str(status)
+        if status[:1] not in ('4', '5') or not isinstance(self.conn.rfile, _RequestReader):
+            return super().simple_response(status, msg)  # TLS: cheroot's own reading
+        conn, self.close_connection = self.conn, True
+        if status[:1] == '4' or status[:3] in ('501', '505'):  # the client's bytes
+            data = conn.rfile.data
+            head = data[:http.head_end(data, len(data)) or len(data)]
+            answer = refuse(self.server, conn, status, msg, head, note=msg or 'refused by cheroot')
+        else:  # the server's failure: cheroot logs it
+            answer = error_response(self.server, status, msg)
+        try:
+            conn.wfile.write(answer)
+        except OSError as error:  # as cheroot's: only a client gone is not an error
+            if error.args[0] not in cheroot.errors.socket_errors_to_ignore:
+                raise
+
     def send_headers(self):
         if self.conn.close_after:
             self.close_connection = True
@@ -1656,6 +1677,11 @@ class AdminServer(TunedServer, cheroot.wsgi.Server):
     CherryPy's URL mode: CONNECT gets 405 and an absolute URI 400, as from stock cheroot."""
 
     require_host = True
+
+    def error_log(self, msg='', level=logging.INFO, traceback=False):
+        """Through CherryPy's log, as the main listener's (cheroot's own wrote plain text on
+        stderr): LOG_FORMAT=json and log handlers apply to the admin listener's lines too."""
+        cherrypy.engine.log(msg, level, traceback)
 
 
 def http_date(timeval=None):

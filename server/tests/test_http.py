@@ -226,6 +226,30 @@ class RawSocketTest(unittest.TestCase):
         for head in CheckHeadTest.BAD:  # cheroot's own 501 for "chunked, gzip" stands
             self.assertRefused(head + OK, b'501' if b'gzip' in head else b'400')
 
+    def test_cheroots_own_refusals_carry_the_request_id_and_site_headers(self):
+        """A malformed request line, 505, 501, a request-target cheroot refuses: each answered
+        as the server's other refusals, its id named in the log."""
+        cases = {b'GET /\r\n': b'400', b'GET / HTTP/2.5\r\nHost: x\r\n': b'505',
+                 b'GET x HTTP/1.1\r\nHost: x\r\n': b'400',
+                 b'GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n': b'501'}
+        for number, (head, status) in enumerate(cases.items()):
+            request_id = b'probe-%d' % number
+            lines = []
+            with mock.patch.object(self.server.client_errors, 'log',
+                                   lambda message, **kw: lines.append(message)), \
+                    mock.patch.object(self.server.client_errors, '_seen', {}):
+                answer = exchange(self.address, head + b'X-Request-Id: ' + request_id + b'\r\n\r\n'
+                                  + OK)
+            self.assertTrue(answer.startswith(b'HTTP/1.1 ' + status), answer)
+            answer_head = answer.split(b'\r\n\r\n', 1)[0]
+            self.assertIn(b'\r\nX-Request-Id: ' + request_id, answer_head)
+            self.assertIn(b'\r\nConnection: close', answer_head)
+            self.assertIn(b'\r\nX-Frame-Options: DENY', answer_head)
+            self.assertNotIn(b' 200 OK', answer)
+            self.assertEqual(len(lines), 1, lines)
+            self.assertIn(status.decode(), lines[0])
+            self.assertIn('request_id=' + request_id.decode(), lines[0])
+
     def test_a_malformed_host_gets_400_and_the_connection_closes(self):
         for host in (b'a b', b'127.0.0.1:8x'):
             self.assertRefused(b'GET / HTTP/1.1\r\nHost: ' + host + b'\r\n\r\n' + OK, b'400')

@@ -294,9 +294,11 @@ class SettingTest(unittest.TestCase):
                           default.config['/']['tools.request_id.on']], [False, True])
 
     def test_the_server_writes_json_on_stdout_and_stderr(self):
-        proc, port, _ = start_server({'LOG_FORMAT': 'json'})
+        proc, port, admin = start_server({'LOG_FORMAT': 'json'})
         try:
             get('/', {'X-Request-ID': 'from-run-py'}, port=port)
+            for listener in (port, admin):  # a refusal of each listener: a line each
+                testing.raw(b'GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n', port=listener)
         finally:
             proc.send_signal(signal.SIGTERM)
             out, err = stop(proc)
@@ -304,6 +306,8 @@ class SettingTest(unittest.TestCase):
         self.assertEqual([(a['path'], a['request_id']) for a in access], [('/', 'from-run-py')])
         errors = [json.loads(line) for line in err.splitlines()]  # every line: JSON
         self.assertIn('ENGINE', {e['context'] for e in errors})
+        refusals = [e for e in errors if e['message'].startswith('400 Bad Request for')]
+        self.assertEqual(len(refusals), 2, errors)
 
 
 if __name__ == '__main__':
