@@ -378,6 +378,15 @@ class RawSocketTest(unittest.TestCase):
         self.assertIn('(4 more like it', lines[1])
 
 
+def answering_after(wait):
+    """A WSGI app that answers 200 "ok" once wait() returns."""
+    def app(environ, start_response):
+        wait()
+        start_response('200 OK', [('Content-Length', '2')])
+        return [b'ok']
+    return app
+
+
 class QueueLimitTest(unittest.TestCase):
     """server.accepted_queue_size and accepted_queue_timeout mean what they mean on stock: a
     request finds a place if a thread is free or fewer than the size wait; else it waits up
@@ -460,11 +469,8 @@ class QueueLimitTest(unittest.TestCase):
     def test_a_burst_past_the_size_is_served_as_on_stock(self):
         """CherryPy's test_refleaks ran after test_conn left accepted_queue_size 5 set: 25
         clients at once on 10 threads, and up to 6 got 503 (stock: none)."""
-        def app(environ, start_response):
-            time.sleep(0.02)
-            start_response('200 OK', [('Content-Length', '2')])
-            return [b'ok']
-        server = serve_in_thread(app, threads=10, accepted_queue_size=5, accepted_queue_timeout=10)
+        server = serve_in_thread(answering_after(lambda: time.sleep(0.02)), threads=10,
+                                 accepted_queue_size=5, accepted_queue_timeout=10)
         self.addCleanup(server.stop)
         statuses = []
 
@@ -482,11 +488,8 @@ class QueueLimitTest(unittest.TestCase):
     def test_a_request_that_found_no_place_in_time_gets_503(self):
         release = threading.Event()
 
-        def app(environ, start_response):
-            release.wait(10)
-            start_response('200 OK', [('Content-Length', '2')])
-            return [b'ok']
-        server = serve_in_thread(app, threads=1, accepted_queue_size=1, accepted_queue_timeout=0.3)
+        server = serve_in_thread(answering_after(lambda: release.wait(10)), threads=1,
+                                 accepted_queue_size=1, accepted_queue_timeout=0.3)
         self.addCleanup(server.stop)
         self.addCleanup(release.set)
         head = b'GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: late-one\r\nConnection: close\r\n\r\n'
