@@ -283,11 +283,13 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     def _refuse_waiting(self, conn):
         """PacedQueue.refuse: a request found no place within server.accepted_queue_timeout:
         503 and close, as stock cheroot answers when its queue stays full."""
-        if conn.pending is not None:  # plain HTTP (TLS: closed, as the answer would need it)
-            head = conn.rfile.data if isinstance(conn.rfile, _RequestReader) else b''
-            _send_now(conn.socket, refuse(self.server, conn, '503 Service Unavailable',
-                                          'The server is busy; try again later.', head))
-        conn.close()
+        try:
+            if conn.pending is not None:  # plain HTTP (TLS: closed, as the answer would need it)
+                head = conn.rfile.data if isinstance(conn.rfile, _RequestReader) else b''
+                _send_now(conn.socket, refuse(self.server, conn, '503 Service Unavailable',
+                                              'The server is busy; try again later.', head))
+        finally:
+            conn.close()
 
     def _wake(self):
         """PacedQueue.on_room: a thread could start a request; the selector thread looks."""
