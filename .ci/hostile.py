@@ -507,6 +507,12 @@ CASES = [
      + b'\x00\x74' + b'\x00' * 0x74, {400, GONE}, True, None),
     ('Expect: 100-continue with Content-Length 10 MB (over the cap)',
      post(b'Expect: 100-continue\r\nContent-Length: 10485760\r\n'), {413}, True, None),
+    ('Expect: 100-continue without Host (refused: no body asked for)',
+     b'POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n', BAD, True, None),
+    ('Expect: 100-continue with a control character in a header',
+     post(b'Expect: 100-continue\r\nX-A: a\x01\r\nContent-Length: 5\r\n'), BAD, True, None),
+    ('1 MB of chunked trailers (over the header cap)',
+     chunked(b'5\r\nhello\r\n0\r\n' + b'a:\r\n' * 250000 + b'\r\n'), TOO_BIG, True, None),
     # Well-framed but odd: any clean answer except 5xx; the connection may stay open.
     ('lowercase method "get"', raw(b'get / HTTP/1.1'), {400, 405, 501}, False, None),
     ('absolute-form target', raw(b'GET http://127.0.0.1/ HTTP/1.1'), {200, 400}, False, None),

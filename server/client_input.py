@@ -9,6 +9,10 @@ otherwise. Valid requests are served exactly as before.
   `gzip;q=x` as "no gzip"). The gzip tool failed on them on every page, error pages too;
   the encode tool answered 400 for Accept-Charset. The other elements still count:
   `gzip;q=x` alone is answered uncompressed, `gzip, br;q=x` compressed.
+- An Accept-Encoding that names none of gzip, x-gzip, identity or `*` (`br` alone, as a CDN
+  may normalize it to, or `zstd`): `identity` is added to it, as RFC 9110 12.5.3 says it is
+  acceptable unless excluded, and the page is answered uncompressed. Stock's gzip tool
+  answered 406 Not Acceptable on every text page. `identity;q=0` or `*;q=0` still get 406.
 - A Range header that is not a valid byte-range set (`bytes=abc`, `bytes=1-a`, `bytes=,`),
   names another unit (`lines=1-2`, served as bytes; RFC 9110 14.2: MUST be ignored), or asks
   for more than MAX_RANGES ranges: ignored, so a file is answered 200 whole (RFC 9110 14.2: a
@@ -57,6 +61,10 @@ _ODD_Q = re.compile(r';[ \t]*q[ \t]*=(?![ \t]*[0-9]+(?:\.[0-9]*)?[ \t]*(?:[,;]|$
 _ODD_NAME = r'(?:[=$]|[^;=\s]*[<>@,/(){}?][^;=\s]*=)'
 _ODD_FIRST_COOKIE = re.compile(_ODD_NAME).match
 _ODD_NEXT_COOKIE = re.compile(r'[;\s]' + _ODD_NAME).search
+# The codings the gzip tool weighs: gzip, x-gzip, identity. Listing none of them (`br` alone,
+# as a CDN may normalize the header to), it answered 406; it does not read "*" either.
+_GZIP_OR_IDENTITY = re.compile(r'gzip|identity', re.I).search
+_ALL_EXCLUDED = re.compile(r'\*[ \t]*;[ \t]*q[ \t]*=[ \t]*0(?:\.0*)?[ \t]*(?:,|$)', re.I).search
 _RANGE = re.compile(r'[ \t]*(?:([0-9]+)[ \t]*-[ \t]*([0-9]*)|-[ \t]*([0-9]+))[ \t]*')
 
 
@@ -150,6 +158,10 @@ class ClientInputTool(cherrypy.Tool):
                         dict.__setitem__(headers, name, usable)
                     else:
                         dict.__delitem__(headers, name)
+        value = dict.get(headers, 'Accept-Encoding')
+        if (value is not None and value.strip() and not _GZIP_OR_IDENTITY(value)
+                and not _ALL_EXCLUDED(value)):
+            dict.__setitem__(headers, 'Accept-Encoding', value + ', identity')
         value = dict.get(headers, 'Range')
         if value is not None:
             usable = usable_range(value)

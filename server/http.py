@@ -47,6 +47,7 @@ _CHUNK_EXT = rb'(?:[ \t]*;[ \t]*' + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN + 
 _CHUNK_LINE = re.compile(rb'([0-9A-Fa-f]{1,16})(' + _CHUNK_EXT + rb')\r')
 _CHUNK_SIZE_TOO_BIG = re.compile(rb'[0-9A-Fa-f]{17,}')
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions, and each trailer line
+MAX_TRAILERS = 65536  # all trailer lines together, when the server has no header cap
 
 NONE, LENGTH, CHUNKED, INVALID = 'none', 'length', 'chunked', 'invalid'
 
@@ -189,17 +190,21 @@ def _explain(head):
     return 'Malformed request head.'
 
 
-def chunked_scan(buffer, pos, total, limit):
-    """Scan a chunked body in buffer from pos (the start of a chunk-size line), `total` data
-    bytes seen before it. Returns (True, end, total) when the body and its trailers end at
-    `end`, else (False, pos, total) to resume from when more has arrived. Rejects malformed
-    framing with 400 and a body over `limit` (0: no limit) with 413."""
+def chunked_scan(buffer, pos, total, limit, trailers=None, trailer_limit=MAX_TRAILERS):
+    """Scan a chunked body in buffer from pos: the start of a chunk-size line or, once the
+    last chunk is read, of a trailer line (`trailers`: where the trailer section starts);
+    `total` data bytes seen before it. Returns (True, end, total, None) when the body and its
+    trailers end at `end`, else (False, pos, total, trailers): the arguments to resume with
+    when more has arrived, so that each line is parsed once. Rejects malformed framing with
+    400, a body over `limit` (0: no limit) with 413, trailers over `trailer_limit` with 431."""
+    if trailers is not None:
+        return _trailers(buffer, pos, total, trailers, trailer_limit)
     while True:
         newline = buffer.find(b'\n', pos, pos + MAX_CHUNK_LINE)
         if newline < 0:
             if len(buffer) - pos >= MAX_CHUNK_LINE:
                 raise Reject('400 Bad Request', 'Chunk-size line too long.')
-            return False, pos, total
+            return False, pos, total, None
         match = _CHUNK_LINE.fullmatch(buffer, pos, newline)
         if match is None:
             if buffer[newline - 1:newline] != b'\r':
@@ -213,33 +218,37 @@ def chunked_scan(buffer, pos, total, limit):
                          'The entity sent with the request exceeds the maximum allowed bytes.')
         data = newline + 1
         if size == 0:
-            return _trailers(buffer, data, total)
+            return _trailers(buffer, data, total, data, trailer_limit)
         if len(buffer) < data + size + 2:
-            return False, pos, total
+            return False, pos, total, None
         if buffer[data + size:data + size + 2] != b'\r\n':
             raise Reject('400 Bad Request', 'Chunk data not followed by CRLF.')
         pos, total = data + size + 2, total + size
 
 
-def _trailers(buffer, pos, total):
-    """After the last chunk: trailer fields, each checked like a header, then CRLF."""
-    start = pos
+def _trailers(buffer, pos, total, start, limit):
+    """After the last chunk: trailer fields, each checked like a header, then CRLF. They
+    count against `limit` (the header cap): 1 MiB of trailers, all parsed again as each
+    few bytes came, kept a core busy."""
     while True:
         newline = buffer.find(b'\n', pos, pos + MAX_CHUNK_LINE)
         if newline < 0:
             if len(buffer) - pos >= MAX_CHUNK_LINE:
                 raise Reject('400 Bad Request', 'Trailer line too long.')
-            # Resume at the last chunk's line: it is short, and parsed again cheaply.
-            return False, _last_chunk_start(buffer, start), total
+            if limit and len(buffer) - start > limit + 2:
+                raise _trailers_too_large()
+            return False, pos, total, start
         if buffer[newline - 1:newline] != b'\r':
             raise Reject('400 Bad Request', 'Bare LF in the trailers.')
         if newline - 1 == pos:
-            return True, newline + 1, total
+            return True, newline + 1, total, None
+        if limit and newline + 1 - start > limit:
+            raise _trailers_too_large()
         if not _FIELD_LINE.fullmatch(buffer, pos, newline + 1):
             raise Reject('400 Bad Request', 'Malformed trailer field.')
         pos = newline + 1
 
 
-def _last_chunk_start(buffer, after):
-    """Where the "0...CRLF" line that ends at `after` starts."""
-    return buffer.rfind(b'\n', 0, after - 1) + 1
+def _trailers_too_large():
+    return Reject('431 Request Header Fields Too Large',
+                  'The trailer fields sent with the request exceed the maximum allowed bytes.')

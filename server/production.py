@@ -104,8 +104,10 @@ UPSTREAM = {
 def error_page(status, message, traceback, version):
     """Every error page (404, 405, 413, 500...): the status line only.
 
-    CherryPy passes a traceback only when request.show_tracebacks is on (DEV=1).
+    CherryPy passes a traceback only when request.show_tracebacks is on (DEV=1). It labels
+    its own page, not one of a function: the failed page's type (image/png...) would stay.
     """
+    cherrypy.serving.response.headers['Content-Type'] = 'text/html;charset=utf-8'
     details = f'<pre>{html.escape(traceback)}</pre>' if traceback else ''
     status = html.escape(status)
     return f'<!DOCTYPE html>\n<title>{status}</title>\n<h1>{status}</h1>\n{details}'
@@ -376,7 +378,10 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         except OSError:
             data = b''
         if not data:  # the client closed (or reset) the connection
-            if conn.pending and conn.head is None and not conn.lingering:
+            if conn.pending and not conn.lingering:
+                if conn.head is not None:  # a body cut short: never served as if whole
+                    self._reject(conn, fd, '400 Bad Request', 'The request body was cut short.')
+                    return
                 # Half a head, then the end: cheroot answers it (400), as it would have
                 # when it read the socket itself.
                 conn.close_after = True
@@ -448,7 +453,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 return end
             conn.head, conn.body_deadline = end, time.monotonic() + self.BODY_TIMEOUTS * server.timeout
             conn.deadline = min(time.monotonic() + server.timeout, conn.body_deadline)
-            conn.scan = (end, 0)
+            conn.scan = (end, 0, None)  # chunked_scan's place: chunk line, data bytes, trailers
             cap = server.max_request_body_size
             if kind is http.LENGTH:
                 if cap and length > cap:
@@ -458,6 +463,9 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             else:
                 conn.body_end = None
             if _expects_continue(pending[:end]):
+                if http.check_head(pending[:end], server.require_host) is not None:
+                    conn.close_after = True  # the worker refuses the head: no body asked for
+                    return end
                 conn.continue_sent = True
                 _send_now(conn.socket, b'HTTP/1.1 100 Continue\r\n\r\n')
         pending, end = conn.pending, conn.body_end
@@ -465,10 +473,12 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             if len(pending) >= end:
                 return end
             return STREAM if end - conn.head > self._stream_above() else None
-        done, pos, total = http.chunked_scan(pending, *conn.scan, self.server.max_request_body_size)
+        done, pos, total, trailers = http.chunked_scan(
+            pending, *conn.scan[:2], server.max_request_body_size, conn.scan[2],
+            server.max_request_header_size or http.MAX_TRAILERS)
         if done:
             return pos
-        conn.scan = (pos, total)
+        conn.scan = (pos, total, trailers)
         if len(pending) - conn.head > self._stream_above():
             return STREAM
         return None
@@ -1164,10 +1174,10 @@ class _Request(cheroot.server.HTTPRequest):
         if not isinstance(reader, _RequestReader):
             return super().parse_request()  # TLS: cheroot's own reading
         conn.wfile.started = None  # no answer under way: no answer's budget applies
-        if conn.continue_sent:  # the selector said "100 Continue" already: not twice
-            self.header_reader = _NO_EXPECT
         head = reader.data[:http.head_end(reader.data, len(reader.data)) or len(reader.data)]
         problem = http.check_head(head, self.server.require_host)
+        if conn.continue_sent or problem:  # "100 Continue" said already, or not to be said
+            self.header_reader = _NO_EXPECT
         try:  # cheroot's own answer where it refuses the request too (its tests read them)
             super().parse_request()
         except OSError:  # the connection failed (or a test made it fail): cheroot's handling

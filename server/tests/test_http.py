@@ -122,11 +122,29 @@ class FramingTest(unittest.TestCase):
 
     def test_chunked_bodies(self):
         body = b'5;name=value;q="a b"\r\nhello\r\n10\r\n' + b'x' * 16 + b'\r\n0\r\nTrailer: t\r\n\r\n'
-        self.assertEqual(http.chunked_scan(body + b'GET', 0, 0, 0), (True, len(body), 21))
+        self.assertEqual(http.chunked_scan(body + b'GET', 0, 0, 0), (True, len(body), 21, None))
         for cut in range(len(body)):  # arriving a byte at a time: never done early
-            done, pos, total = http.chunked_scan(body[:cut], 0, 0, 0)
+            done, *resume = http.chunked_scan(body[:cut], 0, 0, 0)
             self.assertFalse(done, cut)
-            self.assertEqual(http.chunked_scan(body, pos, total, 0), (True, len(body), 21))
+            self.assertEqual(http.chunked_scan(body, *resume[:2], 0, resume[2]),
+                             (True, len(body), 21, None))
+
+    def test_trailers_are_parsed_once_as_they_arrive(self):
+        """Each call resumes after the last whole trailer line: 1 MiB of trailers, all parsed
+        again as each few bytes came, kept a core busy."""
+        body = b'5\r\nhello\r\n0\r\nA: 1\r\nB: 2\r\nC'
+        done, pos, total, trailers = http.chunked_scan(body, 0, 0, 0)
+        self.assertEqual((done, pos, total, trailers), (False, body.index(b'C'), 5, body.index(b'A')))
+        body += b': 3\r\n\r\n'
+        self.assertEqual(http.chunked_scan(body, pos, total, 0, trailers), (True, len(body), 5, None))
+
+    def test_trailers_over_the_header_cap_are_431(self):
+        trailers = b'0\r\n' + b'a: b\r\n' * 300
+        for body in (trailers + b'\r\n', trailers):  # whole, or still arriving
+            with self.assertRaises(http.Reject, msg=body[-20:]) as raised:
+                http.chunked_scan(body, 0, 0, 0, trailer_limit=1000)
+            self.assertEqual(raised.exception.status, '431 Request Header Fields Too Large')
+        self.assertTrue(http.chunked_scan(trailers + b'\r\n', 0, 0, 0, trailer_limit=2000)[0])
 
     def test_malformed_chunks_are_400(self):
         for body in (b'-1\r\n', b'0x5\r\nhello\r\n0\r\n\r\n', b'0_5\r\n', b'5\nhello\r\n0\r\n\r\n',
@@ -282,6 +300,9 @@ class RawSocketTest(unittest.TestCase):
         chunks = b'200\r\n' + b'x' * 512 + b'\r\n'
         self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
                            + chunks * 3, b'413')
+        trailers = b'0\r\n' + b'X-T: t\r\n' * 300  # 2,400 bytes of trailer fields, cap 2,000
+        self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+                           + trailers + b'\r\n' + OK, b'431')
 
     def test_a_refusal_is_bare_with_the_site_headers(self):
         answer = exchange(self.address, b'GET / HTTP/1.1\r\n\r\n')
@@ -323,6 +344,29 @@ class RawSocketTest(unittest.TestCase):
                 answer += chunk
         self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
         self.assertTrue(answer.endswith(b'POST /e abc'), answer)
+
+    def test_expect_100_continue_is_not_answered_for_a_head_that_is_refused(self):
+        """The client would send a body only to have it thrown away: it gets the 400 at once."""
+        for head in (b'POST /e HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n',
+                     b'POST /e HTTP/1.1\r\nHost: x\r\nX-A: a\x01\r\nContent-Length: 3\r\n'
+                     b'Expect: 100-continue\r\n\r\n'):
+            with socket.create_connection(self.address, timeout=5) as client:
+                client.sendall(head)
+                answer = client.recv(4096)
+            self.assertTrue(answer.startswith(b'HTTP/1.1 400 Bad Request'), answer)
+
+    def test_half_a_body_then_the_end_is_400_never_served_as_whole(self):
+        for request_ in (b'POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc',
+                         b'POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+                         b'3\r\nabc\r\n0\r\nX-T: 1\r\n'):
+            with socket.create_connection(self.address, timeout=5) as client:
+                client.sendall(request_)
+                client.shutdown(socket.SHUT_WR)
+                answer = b''
+                while chunk := client.recv(4096):
+                    answer += chunk
+            self.assertTrue(answer.startswith(b'HTTP/1.1 400 Bad Request'), answer)
+            self.assertTrue(answer.endswith(b'The request body was cut short.'), answer)
 
     def test_half_a_head_then_the_end_is_answered_by_cheroot(self):
         with socket.create_connection(self.address, timeout=5) as client:

@@ -1170,6 +1170,17 @@ class JsonErrorsTest(unittest.TestCase):
         self.assertEqual(status, 404)
         self.assertTrue(body.startswith(b'<!DOCTYPE html>'), body)
 
+    def test_html_errors_are_labelled_html_whatever_the_page_had_set(self):
+        """As stock's error page: a 416 of /logo.png was labelled image/png (and sent with
+        nosniff), a 404 had no charset."""
+        for path, headers, status in (('/no/such/page', {}, 404),
+                                      ('/logo.png', {'Range': 'bytes=999999-'}, 416),
+                                      ('/static/style.css', {'Range': 'bytes=999999-'}, 416)):
+            answer = request('GET', path, headers=headers)
+            self.assertEqual((answer[0], answer[1]['Content-Type']),
+                             (status, 'text/html;charset=utf-8'), path)
+            self.assertTrue(answer[2].startswith(b'<!DOCTYPE html>'), path)
+
 
 LOGO = os.path.join(HERE, 'static', 'logo.png')
 
@@ -1208,6 +1219,18 @@ class ClientInputTest(unittest.TestCase):
             status, headers, _ = self.get('/', Accept_Charset=charset)
             self.assertEqual((status, headers['Content-Type']), (200, 'text/html;charset=utf-8'))
         self.assertEqual(self.get('/', Accept_Charset='utf-8;q=0, *;q=0')[0], 406)  # as before
+
+    def test_codings_the_gzip_tool_does_not_know_get_the_page_uncompressed_not_406(self):
+        """RFC 9110 12.5.3: identity is acceptable unless excluded. Stock answered 406 to a
+        CDN that normalizes Accept-Encoding to `br`, on every text page."""
+        for accept in ('br', 'zstd', 'br, zstd;q=0.5', 'gzip;q=x, br', 'deflate', '*', '*;q=0.5, br'):
+            for path in ('/', '/static/style.css', '/no/such/page'):
+                status, headers, _ = self.get(path, Accept_Encoding=accept)
+                self.assertEqual((status, headers['Content-Encoding']),
+                                 (404 if path == '/no/such/page' else 200, None), (path, accept))
+        for excluded in ('identity;q=0', '*;q=0', 'br, identity;q=0'):  # as stock: nothing to send
+            self.assertEqual(self.get('/', Accept_Encoding=excluded)[0], 406, excluded)
+        self.assertEqual(self.get('/', Accept_Encoding='br, gzip')[1]['Content-Encoding'], 'gzip')
 
     def test_a_malformed_range_is_ignored_and_the_whole_file_sent(self):
         with open(LOGO, 'rb') as f:
