@@ -139,6 +139,19 @@ def serve_and_check(folder, checks, log):
     return problems
 
 
+# What a client may send to a recipe's URLs beyond the README's own curls: a repeated
+# parameter arrives as a list, a JSON body may be any JSON value. Never a 500.
+HOSTILE_CHECKS = {
+    'handler': [("curl -si 'http://localhost:8080/shop/item?number=1&number=2'", '404 Not Found'),
+                ("curl -si 'http://localhost:8080/shop/item/%C2%B2'", '404 Not Found')],
+    'json-api': [("curl -si -H 'Content-Type: application/json' -d '[1, 2]' "
+                  "http://localhost:8080/api/greet", '422 Unprocessable Entity'),
+                 ("curl -si -H 'Content-Type: application/json' -d '\"Ada\"' "
+                  "http://localhost:8080/api/greet", '422 Unprocessable Entity')],
+    'setting': [("curl -si 'http://localhost:8080/hello?name=a&name=b'", '200 OK')],
+}
+
+
 def try_recipe(name, all_recipes, pristine, work):
     folder = os.path.join(work, name)
     shutil.copytree(pristine, folder, symlinks=True)
@@ -146,7 +159,7 @@ def try_recipe(name, all_recipes, pristine, work):
     while recipe['options'].get('after'):  # the recipes this one builds on, oldest first
         chain.insert(0, all_recipes[recipe['options']['after']])
         recipe = chain[0]
-    checks = []
+    checks = list(HOSTILE_CHECKS.get(name, ()))
     with open(os.path.join(work, f'{name}.log'), 'w') as log:
         try:
             for step in chain + [all_recipes[name]]:

@@ -25,7 +25,7 @@ import time
 import cherrypy
 from cherrypy.process import servers
 
-from . import exit_once_started, production
+from . import exit_once_started, production, settings
 
 STARTING, READY, DRAINING, STOPPED = 'starting', 'ready', 'draining', 'stopped'
 ADMIN_THREADS = 4       # probes take about a millisecond; 4 threads serve thousands a second
@@ -57,21 +57,25 @@ class Lifecycle:
         with self._lock:
             when, reason = self._cached
             if time.monotonic() - when >= CHECK_INTERVAL:
-                reason = self._run_checks()
+                reason, detail = self._run_checks()
+                if reason != self._cached[1]:  # logged when it changes, not once a second
+                    cherrypy.log(f'Not ready: {reason}{detail}' if reason else 'Ready again: '
+                                 'every readiness check passes', 'PROBES')
                 self._cached = (time.monotonic(), reason)
         return reason
 
     def _run_checks(self):
+        """(reason, detail for the log) of the first check that fails; (None, '') if none."""
         runs = {name: self._start(name, fn) for name, (fn, _) in self.checks.items()}
         for name, run in runs.items():
-            if not run.done.wait(self.checks[name][1]):
-                return f'check {name!r} timed out'
+            timeout = self.checks[name][1]
+            if not run.done.wait(timeout):
+                return f'check {name!r} timed out', f' (after {timeout} s)'
             if run.error is not None:  # details go to the log, not to the client
-                cherrypy.log(f'Readiness check {name!r} failed: {run.error!r}', 'PROBES')
-                return f'check {name!r} failed'
+                return f'check {name!r} failed', f': {run.error!r}'
             if run.result is False:
-                return f'check {name!r} failed'
-        return None
+                return f'check {name!r} failed', ': it returned False'
+        return None, ''
 
     def _start(self, name, fn):
         """A check still running from an earlier probe is waited on, not started again,
@@ -216,6 +220,9 @@ def install(config, healthcheck):
     lifecycle.state = STARTING
     lifecycle.stop_requested = False
     lifecycle.admin = lifecycle.admin_root = None
+    if config['ops.admin_port'] and config['ops.admin_port'] == config['server.socket_port']:
+        settings.refuse(f"ADMIN_PORT={config['ops.admin_port']}: the same port as PORT; the "
+                        'admin listener needs a port of its own (0 turns it off)')
     if config['ops.admin_port']:
         lifecycle.admin_root = AdminRoot(healthcheck)
         lifecycle.admin = _admin_server(config, lifecycle.admin_root)

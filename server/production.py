@@ -1839,7 +1839,7 @@ def exit_if_start_fails(grace=10.0, engine=None):
 def check_port_free(config):
     """One clear line and exit 1 if a port is taken, instead of a traceback or a wait."""
     host = config['server.socket_host']
-    for name, port in (('PORT', config['server.socket_port']), ('ADMIN_PORT', config['ops.admin_port'])):
+    for name, port in (('PORT', config['server.socket_port']), ('ADMIN_PORT', config.admin_port())):
         if not port:
             continue
         try:

@@ -117,14 +117,19 @@ class Settings:
 
     def summary(self):
         host, port = self['server.socket_host'], self['server.socket_port']
-        admin = self['ops.admin_port'] or 'off'
-        workers = self['ops.workers']
+        admin = self.admin_port() or 'off'
+        workers = self['ops.workers'] if f'{__package__}.workers' in sys.modules else 1
         each = f' in each of {workers} processes' if workers > 1 else ''
         from . import production  # imported here: production needs no settings at import
         files = production.startup_note()  # "open files: N (raised from M)"
         return (f'Serving on http://{host}:{port} with {self["server.thread_pool"]} threads{each} '
                 f'(environment: {"development" if self.dev else "production"}, admin port: {admin}'
                 f'{", " + files if files else ""})')
+
+
+    def admin_port(self):
+        """The admin listener's port; 0 if it is off, or gone with probes.py (README)."""
+        return self['ops.admin_port'] if f'{__package__}.probes' in sys.modules else 0
 
 
 def get(key):
@@ -137,12 +142,23 @@ def get(key):
 _current = None  # the Settings of the last load()
 
 
-def user_variables(global_config):
+# Variables a setting of your own cannot take: the server's, run.sh's, and the system's.
+TAKEN = {*VARIABLES, 'HOST_PORT', 'HOST_BIND', 'IMAGE', 'CONTAINER', 'ENGINE', 'PYTHON_IMAGE',
+         'HOME', 'PATH', 'USER', 'LOGNAME', 'SHELL', 'PWD', 'LANG', 'TERM', 'TZ', 'TMPDIR',
+         'HOSTNAME'}
+
+
+def user_variables(global_config, file_name='prod.conf'):
     """{VARIABLE: (key, parse)} for your own ops.* settings in prod.conf."""
     known = {key for key, _ in VARIABLES.values()}
-    return {key[len('ops.'):].upper(): (key, PARSE_BY_TYPE[type(value)])
+    mine = {key[len('ops.'):].upper(): (key, PARSE_BY_TYPE[type(value)])
             for key, value in global_config.items()
             if key.startswith('ops.') and key not in known and type(value) in PARSE_BY_TYPE}
+    for name, (key, _) in mine.items():
+        if name in TAKEN:
+            raise SettingError(f'{file_name}: {key}: its variable {name} is taken (the server\'s, '
+                               'run.sh\'s or the system\'s): give the setting another name')
+    return mine
 
 
 def check_file_values(global_config, file_name):
@@ -178,7 +194,8 @@ def load(conf_path, root_dir, environ=os.environ):
         try:
             file_config = reprconf.Parser().dict_from_file(conf_path)
         except Exception as error:  # a typo in prod.conf: name the file and the problem
-            raise SettingError(f'{os.path.basename(conf_path)}: {error}') from None
+            said = error.args[0] if len(error.args) == 1 or isinstance(error.args[0], str) else error
+            raise SettingError(f'{os.path.basename(conf_path)}: {said}') from None
         headers = file_config.get('global', {}).get('ops.response_headers', {})
         if not (isinstance(headers, dict) and all(
                 isinstance(text, str) and text.isascii() and text.isprintable()
@@ -189,11 +206,10 @@ def load(conf_path, root_dir, environ=os.environ):
                                'each ASCII text on one line')
         global_config = dict(file_config.pop('global', {}))
         global_config.update(check_file_values(global_config, os.path.basename(conf_path)))
-        variables = dict(VARIABLES, **user_variables(global_config))
+        variables = dict(VARIABLES, **user_variables(global_config, os.path.basename(conf_path)))
         values = read_environment(environ, variables)
     except SettingError as error:
-        print(f'Bad setting: {error}', file=sys.stderr)
-        raise SystemExit(2)
+        refuse(error)
 
     app_config = file_config
     for name, value in values.items():
@@ -217,6 +233,12 @@ def load(conf_path, root_dir, environ=os.environ):
     global _current
     _current = Settings(app_config, dev, process_wide)
     return _current
+
+
+def refuse(problem):
+    """A bad setting: one line naming it, exit status 2, before anything binds."""
+    print(f'Bad setting: {problem}', file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _cache_static_files(app_config, max_age, override):

@@ -215,4 +215,12 @@ def main():
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
     passed = result.testsRun - failed - len(result.skipped)
     print(f'{passed} passed, {failed} failed, {len(result.skipped)} skipped')
+    finish()
     sys.exit(1 if failed or not result.testsRun else 0)
+
+
+def finish():
+    """Stop the shared site now, from the main thread: stopped only as the process exits,
+    CherryPy warned "The main thread is exiting, but the Bus is in the STOPPING state"."""
+    if _shared:
+        stop_site()

@@ -45,6 +45,15 @@ class AdminListenerTest(unittest.TestCase):
         status, headers, _ = request('POST', '/healthcheck', port=ADMIN_PORT, body=b'x')
         self.assertEqual((status, headers['Allow']), (405, 'GET, HEAD'))
 
+    def test_the_same_port_for_both_listeners_is_a_bad_setting(self):
+        port = free_ports(1)[0]
+        done = subprocess.run([sys.executable, 'run.py'], cwd=HERE, capture_output=True, text=True,
+                              env=dict(os.environ, HOST='127.0.0.1', PORT=str(port),
+                                       ADMIN_PORT=str(port)), timeout=20)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertEqual(done.stderr, f'Bad setting: ADMIN_PORT={port}: the same port as PORT; '
+                                      'the admin listener needs a port of its own (0 turns it off)\n')
+
     def test_probes_answer_while_every_main_worker_is_busy(self):
         with concurrent.futures.ThreadPoolExecutor(THREADS * 2) as pool:
             slow = [pool.submit(request, 'GET', '/test/sleep?seconds=2', timeout=10)
@@ -179,6 +188,33 @@ class LifecycleTest(unittest.TestCase):
         self.lifecycle.state = probes.READY
         probes.readiness_check('cache')(lambda: False)
         self.assertEqual(probes.not_ready_reason(), "check 'cache' failed")
+
+    def test_a_change_of_readiness_is_logged_once_with_why(self):
+        """A check that fails (False, an error, a timeout) is logged when readiness changes,
+        with the details the 503 body leaves out; not once a probe."""
+        self.lifecycle.state = probes.READY
+        outcome = {'value': True}
+
+        def database():
+            if outcome['value'] == 'raise':
+                raise ConnectionError('db.internal refused')
+            if outcome['value'] == 'hang':
+                time.sleep(0.3)
+            return outcome['value']
+        probes.readiness_check('database', timeout=0.1)(database)
+        lines = []
+        with mock.patch.object(cherrypy, 'log', lambda message, context='': lines.append(message)), \
+                mock.patch.object(probes, 'CHECK_INTERVAL', 0):
+            for value in (True, False, False, True, 'hang', 'hang', True, 'raise', 'raise'):
+                outcome['value'] = value
+                probes.not_ready_reason()
+                time.sleep(0.4 if value == 'hang' else 0)  # the hung run ends before the next
+        self.assertEqual(lines, [
+            "Not ready: check 'database' failed: it returned False",
+            'Ready again: every readiness check passes',
+            "Not ready: check 'database' timed out (after 0.1 s)",
+            'Ready again: every readiness check passes',
+            "Not ready: check 'database' failed: ConnectionError('db.internal refused')"])
 
     def test_a_slow_check_times_out(self):
         self.lifecycle.state = probes.READY

@@ -1342,7 +1342,7 @@ def project_copy(folder, prod_conf_lines=''):
                         ignore=shutil.ignore_patterns('__pycache__', 'tests'))
     conf = os.path.join(folder, 'prod.conf')
     with open(conf) as f:
-        text = f.read()
+        text = _without(f.read(), prod_conf_lines)
     if prod_conf_lines.lstrip().startswith('[global]'):
         added = prod_conf_lines.lstrip()[len('[global]\n'):]
         text = text.replace('[global]\n', '[global]\n' + added, 1)
@@ -1351,6 +1351,31 @@ def project_copy(folder, prod_conf_lines=''):
     with open(conf, 'w') as f:
         f.write(text)
     return folder
+
+
+def _without(text, added):
+    """prod.conf's `text` without what `added` sets again: a user who followed the README has
+    these lines already, and configparser refuses a section or an option twice."""
+    def sections_and_options(lines):
+        section = None
+        for line in lines:
+            if line.startswith('['):
+                section = line.strip()
+            option = line.split(':', 1)[0].strip() if ':' in line and line[:1].isalpha() else None
+            yield line, section, option
+    added_lines = added.lstrip().splitlines()
+    again = {(section, option) for _, section, option in sections_and_options(added_lines)}
+    again_sections = {section for section, _ in again if section != '[global]'}
+    kept, dropping = [], False
+    for line, section, option in sections_and_options(text.splitlines(keepends=True)):
+        if line[:1] in (' ', '\t') and line.strip():  # a value's continuation line
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = section in again_sections or (section, option) in again and option is not None
+        if not dropping:
+            kept.append(line)
+    return ''.join(kept)
 
 
 # A setting of your own and the page that reads it, as the README shows them.
@@ -1371,6 +1396,24 @@ run.main()
 
 class OwnSettingsTest(unittest.TestCase):
 
+    def test_the_start_up_line_says_what_runs_once_a_part_is_removed(self):
+        """README "Remove it": without probes.py no admin listener, without workers.py one
+        process, whatever ADMIN_PORT and WORKERS say."""
+        config = settings.Settings({}, False, {
+            'server.socket_host': '127.0.0.1', 'server.socket_port': 8080,
+            'server.thread_pool': 100, 'ops.admin_port': 8081, 'ops.workers': 4})
+        with mock.patch.dict(sys.modules, {'server.probes': mock.Mock(), 'server.workers': mock.Mock()}):
+            line = config.summary()
+        self.assertIn('in each of 4 processes', line)
+        self.assertIn('admin port: 8081', line)
+        with mock.patch.dict(sys.modules):
+            sys.modules.pop('server.probes', None)
+            sys.modules.pop('server.workers', None)
+            line = config.summary()
+            self.assertEqual(config.admin_port(), 0)
+        self.assertNotIn('processes', line)
+        self.assertIn('admin port: off', line)
+
     def test_a_handler_reads_its_setting_and_the_environment_overrides_it(self):
         with tempfile.TemporaryDirectory() as folder:
             project_copy(folder, GREETING_CONF)
@@ -1389,7 +1432,13 @@ class OwnSettingsTest(unittest.TestCase):
                  ('', ('server.socket_port: 8080', 'server.socket_port: 70000'), {},
                   'prod.conf: server.socket_port: 70000: must be a whole number from 1 to 65535'),
                  ('', ('ops.drain_seconds: 0', "ops.drain_seconds: 'soon'"), {}, 'DRAIN_SECONDS'),
-                 ('', ('ops.static_max_age: 3600', 'ops.static_max_age: -1'), {}, 'STATIC_MAX_AGE'))
+                 ('', ('ops.static_max_age: 3600', 'ops.static_max_age: -1'), {}, 'STATIC_MAX_AGE'),
+                 # a setting of your own whose variable is the server's (PORT) or the system's
+                 ('[global]\nops.port: 5432\n', None, {}, 'ops.port: its variable PORT is taken'),
+                 ('[global]\nops.home: "x"\n', None, {}, 'ops.home: its variable HOME is taken'),
+                 # a string without quotes: CherryPy's words, not a Python tuple
+                 ('[global]\nops.greeting: Hello\n', None, {},
+                  "prod.conf: Config error in section: 'global', option: 'ops.greeting'"))
         for added, (old, new), env, message in ((a, r or ('', ''), e, m) for a, r, e, m in cases):
             with tempfile.TemporaryDirectory() as folder:
                 conf = os.path.join(project_copy(folder, added), 'prod.conf')
