@@ -16,4 +16,4 @@ if ! "$python" -c 'import cherrypy, cheroot, coverage, mock, prometheus_client' 
   python=$venv/bin/python
 fi
 # Run under a time limit: a hung server must fail CI, not hold it.
-PYTHON=$python timeout 480 "$python" .ci/recipes.py "$@"
+PYTHON=$python timeout 900 "$python" .ci/recipes.py "$@"
