@@ -9,6 +9,8 @@ otherwise. Valid requests are served exactly as before.
   `gzip;q=x` as "no gzip"). The gzip tool failed on them on every page, error pages too;
   the encode tool answered 400 for Accept-Charset. The other elements still count:
   `gzip;q=x` alone is answered uncompressed, `gzip, br;q=x` compressed.
+- A 206 (one range of a file) is sent uncompressed: the gzip tool compressed it, so that its
+  Content-Range no longer described its body, and a resumed download came out corrupt.
 - An Accept-Encoding that names none of gzip, x-gzip, identity or `*` (`br` alone, as a CDN
   may normalize it to, or `zstd`): `identity` is added to it, as RFC 9110 12.5.3 says it is
   acceptable unless excluded, and the page is answered uncompressed. Stock's gzip tool
@@ -138,6 +140,14 @@ def _read_body():
     request.params.pop('self', None)
 
 
+def _ranges_uncompressed():
+    """Before the gzip tool (priority 80): a 206 goes out uncompressed. Its Content-Range
+    counts the file's bytes; gzipped, the body was other bytes, and a resumed download of a
+    text file came out corrupt (stock CherryPy too)."""
+    if str(cherrypy.serving.response.status).startswith('206'):
+        dict.pop(cherrypy.serving.request.headers, 'Accept-Encoding', None)
+
+
 class ClientInputTool(cherrypy.Tool):
     """tools.client_input. The header checks run in _setup, which CherryPy calls once per
     request before any hook (as logs.RequestIdTool does); the body hook is attached only to
@@ -167,8 +177,10 @@ class ClientInputTool(cherrypy.Tool):
             usable = usable_range(value)
             if usable is None:
                 dict.__delitem__(headers, 'Range')
-            elif usable != value:
-                dict.__setitem__(headers, 'Range', usable)
+            else:
+                if usable != value:
+                    dict.__setitem__(headers, 'Range', usable)
+                request.hooks.attach('before_finalize', _ranges_uncompressed, priority=70)
         if request.query_string or request.method in request.methods_with_bodies:
             request.hooks.attach('before_request_body', _read_body, priority=100)
 

@@ -1220,6 +1220,17 @@ class ClientInputTest(unittest.TestCase):
             self.assertEqual((status, headers['Content-Type']), (200, 'text/html;charset=utf-8'))
         self.assertEqual(self.get('/', Accept_Charset='utf-8;q=0, *;q=0')[0], 406)  # as before
 
+    def test_a_range_of_a_text_file_is_sent_uncompressed(self):
+        """Content-Range counts the file's bytes: a gzipped body broke resumed downloads."""
+        with open(os.path.join(HERE, 'static', 'style.css'), 'rb') as f:
+            css = f.read()
+        status, headers, body = self.get('/static/style.css', Range='bytes=10-29',
+                                         Accept_Encoding='gzip')
+        self.assertEqual((status, headers['Content-Encoding'], headers['Content-Range'], body),
+                         (206, None, f'bytes 10-29/{len(css)}', css[10:30]))
+        status, headers, _ = self.get('/static/style.css', Accept_Encoding='gzip')
+        self.assertEqual((status, headers['Content-Encoding']), (200, 'gzip'))  # whole: as before
+
     def test_codings_the_gzip_tool_does_not_know_get_the_page_uncompressed_not_406(self):
         """RFC 9110 12.5.3: identity is acceptable unless excluded. Stock answered 406 to a
         CDN that normalizes Accept-Encoding to `br`, on every text page."""
