@@ -16,8 +16,9 @@ otherwise. Valid requests are served exactly as before.
   acceptable unless excluded, and the page is answered uncompressed. Stock's gzip tool
   answered 406 Not Acceptable on every text page. `identity;q=0` or `*;q=0` still get 406.
 - A Range header that is not a valid byte-range set (`bytes=abc`, `bytes=1-a`, `bytes=,`),
-  names another unit (`lines=1-2`, served as bytes; RFC 9110 14.2: MUST be ignored), or asks
-  for more than MAX_RANGES ranges: ignored, so a file is answered 200 whole (RFC 9110 14.2: a
+  names another unit (`lines=1-2`, served as bytes; RFC 9110 14.2: MUST be ignored), asks
+  for more than MAX_RANGES ranges, or for several that may overlap (`bytes=0-,0-`: the file
+  again and again in one answer; an open-ended or suffix range among several counts): ignored, so a file is answered 200 whole (RFC 9110 14.2: a
   server MAY ignore Range). An unsatisfiable `-0` is left out (CherryPy sent a 206 with
   `Content-Range: bytes 275-274/275`); positions past 18 digits are capped (int() refuses
   over 4,300). Valid ranges are still 206, unsatisfiable ones 416.
@@ -120,9 +121,23 @@ def usable_range(value):
             if len(last) == _DIGITS and set(last) == {'9'}:
                 last = ''  # to the end (CherryPy clamps it so anyway)
         kept.append(f'{first}-{last}')
-    if not kept or len(kept) > MAX_RANGES:
+    if not kept or len(kept) > MAX_RANGES or len(kept) > 1 and _overlap(kept):
         return None
     return 'bytes=' + ','.join(kept)
+
+
+def _overlap(ranges):
+    """Whether ranges may overlap: `bytes=0-,0-,...` asked for the file 200 times in one answer
+    (RFC 9110 14.2 lets a server ignore such a Range). A suffix or open-ended range among
+    several counts as overlapping: where it starts depends on the file's size."""
+    spans = []
+    for spec in ranges:
+        first, _, last = spec.partition('-')
+        if not first or not last:
+            return True
+        spans.append((int(first), int(last)))
+    spans.sort()
+    return any(start <= previous_end for (_, previous_end), (start, _) in zip(spans, spans[1:]))
 
 
 def _read_body():

@@ -1249,7 +1249,10 @@ class ClientInputTest(unittest.TestCase):
         size = len(logo)
         for given in ('bytes=abc', 'bytes=1-a', 'bytes=', 'bytes=,', 'bytes=-', 'bytes=1-2,abc',
                       'bytes=1-2-3', 'bytes=5-1', 'bytes=--1', 'lines=0-1', 'abc', 'bytes=-0',
-                      'bytes=' + ','.join(['0-0'] * 201), 'bytes=\xd9\xa1-\xd9\xa2'):
+                      'bytes=' + ','.join(['0-0'] * 201), 'bytes=\xd9\xa1-\xd9\xa2',
+                      # overlapping: the file over and over in one answer
+                      'bytes=' + ','.join(['0-'] * 200), 'bytes=0-5,3-8', 'bytes=0-1,1-2',
+                      'bytes=-5,0-1', 'bytes=0-1,5-'):
             status, headers, body = request('GET', '/logo.png', headers={'Range': given})
             self.assertEqual((status, headers['Content-Range'], body), (200, None, logo), given)
         status, headers, body = request('GET', '/static/style.css', headers={'Range': 'bytes=x'})
