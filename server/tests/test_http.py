@@ -173,10 +173,13 @@ def echo_app(environ, start_response):
     return [answer]
 
 
-def exchange(address, data, timeout=5):
-    """Send data on a new connection; everything the server sends until it closes."""
+def exchange(address, data, timeout=5, half_close=False):
+    """Send data on a new connection; everything the server sends until it closes.
+    half_close: then end the sending side, as a client that has nothing more to send."""
     with socket.create_connection(address, timeout=timeout) as client:
         client.sendall(data)
+        if half_close:
+            client.shutdown(socket.SHUT_WR)
         received = b''
         while True:
             try:
@@ -359,12 +362,7 @@ class RawSocketTest(unittest.TestCase):
         for request_ in (b'POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc',
                          b'POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
                          b'3\r\nabc\r\n0\r\nX-T: 1\r\n'):
-            with socket.create_connection(self.address, timeout=5) as client:
-                client.sendall(request_)
-                client.shutdown(socket.SHUT_WR)
-                answer = b''
-                while chunk := client.recv(4096):
-                    answer += chunk
+            answer = exchange(self.address, request_, half_close=True)
             self.assertTrue(answer.startswith(b'HTTP/1.1 400 Bad Request'), answer)
             self.assertTrue(answer.endswith(b'The request body was cut short.'), answer)
 
