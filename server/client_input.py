@@ -11,8 +11,8 @@ otherwise. Valid requests are served exactly as before.
   `gzip;q=x` alone is answered uncompressed, `gzip, br;q=x` compressed.
 - A 206 (one range of a file) is sent uncompressed: the gzip tool compressed it, so that its
   Content-Range no longer described its body, and a resumed download came out corrupt.
-- An Accept-Encoding that names none of gzip, x-gzip, identity or `*` (`br` alone, as a CDN
-  may normalize it to, or `zstd`): `identity` is added to it, as RFC 9110 12.5.3 says it is
+- An Accept-Encoding that names none of gzip, x-gzip or identity (`br` alone, as a CDN may
+  normalize it to, `zstd`, `*`): `identity` is added to it, as RFC 9110 12.5.3 says it is
   acceptable unless excluded, and the page is answered uncompressed. Stock's gzip tool
   answered 406 Not Acceptable on every text page. `identity;q=0` or `*;q=0` still get 406.
 - A Range header that is not a valid byte-range set (`bytes=abc`, `bytes=1-a`, `bytes=,`),

@@ -285,13 +285,12 @@ class IdleConnections(cheroot.connections.ConnectionManager):
     def _refuse_waiting(self, conn):
         """PacedQueue.refuse: a request found no place within server.accepted_queue_timeout:
         503 and close, as stock cheroot answers when its queue stays full."""
-        try:
-            if conn.pending is not None:  # plain HTTP (TLS: closed, as the answer would need it)
-                head = conn.rfile.data if isinstance(conn.rfile, _RequestReader) else b''
-                _send_now(conn.socket, refuse(self.server, conn, '503 Service Unavailable',
-                                              'The server is busy; try again later.', head))
-        finally:
+        if conn.pending is None:  # TLS: closed (the answer would need the worker's TLS writer)
             conn.close()
+            return
+        head = conn.rfile.data if isinstance(conn.rfile, _RequestReader) else b''
+        self._reject(conn, None, '503 Service Unavailable', 'The server is busy; try again later.',
+                     head)  # then a linger: the answer is read before any reset
 
     def _wake(self):
         """PacedQueue.on_room: a thread could start a request; the selector thread looks."""
@@ -497,10 +496,12 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         except (ValueError, KeyError, OSError):  # a stop closed the selector, or it is gone
             self._close(conn)
 
-    def _reject(self, conn, fd, status, reason):
-        """Answer a bad request here and close the connection after a linger."""
+    def _reject(self, conn, fd, status, reason, head=None):
+        """Answer a bad request here and close the connection after a linger. head: the
+        request's bytes, if not at the start of conn.pending (for its id)."""
         server = self.server
-        _send_now(conn.socket, refuse(server, conn, status, reason, conn.pending))
+        _send_now(conn.socket, refuse(server, conn, status, reason,
+                                      conn.pending if head is None else head))
         self._hold(-len(conn.pending))
         conn.pending = b''
         conn.head = None
@@ -1539,7 +1540,11 @@ class PacedQueue:
             self._hand_out()
             room = self.has_room()
         for conn in expired:
-            self.refuse(conn)
+            try:
+                self.refuse(conn)
+            except Exception:  # the others are still refused, and this one closed
+                cherrypy.log('PacedQueue refusal', 'SERVER', traceback=True)
+                conn.close()
         if room:  # a thread stalled or `active` grew: the selector thread looks
             self.on_room()
 

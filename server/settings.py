@@ -194,7 +194,10 @@ def load(conf_path, root_dir, environ=os.environ):
         try:
             file_config = reprconf.Parser().dict_from_file(conf_path)
         except Exception as error:  # a typo in prod.conf: name the file and the problem
-            said = error.args[0] if len(error.args) == 1 or isinstance(error.args[0], str) else error
+            said = error  # reprconf's own ValueError is a 1-tuple of the message
+            if (type(error) is ValueError and error.args and isinstance(error.args[0], str)
+                    and error.args[0].startswith('Config error')):
+                said = error.args[0]
             raise SettingError(f'{os.path.basename(conf_path)}: {said}') from None
         headers = file_config.get('global', {}).get('ops.response_headers', {})
         if not (isinstance(headers, dict) and all(

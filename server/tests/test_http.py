@@ -465,6 +465,23 @@ class QueueLimitTest(unittest.TestCase):
         self.assertGreaterEqual(time.monotonic() - started, 0.2)
         self.assertEqual(pool.qsize(), 1)
 
+    def test_one_refusal_failing_never_leaves_the_others_waiting(self):
+        pool, refused = self.queue(1, 1)
+        first, second = mock.Mock(), mock.Mock()
+        pool.refuse = lambda conn: refused.append(conn) if conn is second else 1 / 0
+        logged = mock.patch('cherrypy.log').start()  # the failure's traceback
+        self.addCleanup(mock.patch.stopall)
+        pool.put('a')
+        pool.put(first, timeout=0.05)
+        pool.put(second, timeout=0.05)
+        deadline = time.monotonic() + 5
+        while not refused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(refused, [second])
+        first.close.assert_called_once()  # its refusal failed: closed all the same
+        self.assertEqual(logged.call_count, 1)
+        self.assertEqual(pool.qsize(), 1)
+
     def test_a_waiting_request_takes_a_place_that_frees_up_in_time(self):
         pool, refused = self.queue(1, 1)
         pool.put('a')

@@ -1452,7 +1452,9 @@ class OwnSettingsTest(unittest.TestCase):
                  ('[global]\nops.home: "x"\n', None, {}, 'ops.home: its variable HOME is taken'),
                  # a string without quotes: CherryPy's words, not a Python tuple
                  ('[global]\nops.greeting: Hello\n', None, {},
-                  "prod.conf: Config error in section: 'global', option: 'ops.greeting'"))
+                  "prod.conf: Config error in section: 'global', option: 'ops.greeting'"),
+                 ('', ('ops.workers: 1', 'ops.workers: 1\nops.workers: 2'), {},
+                  "option 'ops.workers' in section 'global' already exists"))
         for added, (old, new), env, message in ((a, r or ('', ''), e, m) for a, r, e, m in cases):
             with tempfile.TemporaryDirectory() as folder:
                 conf = os.path.join(project_copy(folder, added), 'prod.conf')
