@@ -856,6 +856,11 @@ class _RequestReader:
     def has_data(self):
         return False  # the next request, if any, waits in conn.pending
 
+    def head(self):
+        """The request's head: its line and headers, to the empty line (all, if cut short)."""
+        data = self.data
+        return data[:http.head_end(data, len(data)) or len(data)]
+
     def close(self):
         pass
 
@@ -1175,7 +1180,7 @@ class _Request(cheroot.server.HTTPRequest):
         if not isinstance(reader, _RequestReader):
             return super().parse_request()  # TLS: cheroot's own reading
         conn.wfile.started = None  # no answer under way: no answer's budget applies
-        head = reader.data[:http.head_end(reader.data, len(reader.data)) or len(reader.data)]
+        head = reader.head()
         problem = http.check_head(head, self.server.require_host)
         if conn.continue_sent or problem:  # "100 Continue" said already, or not to be said
             self.header_reader = _NO_EXPECT
@@ -1203,9 +1208,8 @@ class _Request(cheroot.server.HTTPRequest):
             return super().simple_response(status, msg)  # TLS: cheroot's own reading
         conn, self.close_connection = self.conn, True
         if status[:1] == '4' or status[:3] in ('501', '505'):  # the client's bytes
-            data = conn.rfile.data
-            head = data[:http.head_end(data, len(data)) or len(data)]
-            answer = refuse(self.server, conn, status, msg, head, note=msg or 'refused by cheroot')
+            answer = refuse(self.server, conn, status, msg, conn.rfile.head(),
+                            note=msg or 'refused by cheroot')
         else:  # the server's failure: cheroot logs it
             answer = error_response(self.server, status, msg)
         try:

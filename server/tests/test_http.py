@@ -19,7 +19,7 @@ import mock
 
 from server import http, production
 from server.testing import HERE, free_ports, request
-from server.tests.test_server import serve_in_thread
+from server.tests.test_server import at_once, serve_in_thread
 
 OK = b'GET / HTTP/1.1\r\nHost: x\r\n\r\n'
 
@@ -537,11 +537,7 @@ class QueueLimitTest(unittest.TestCase):
             answer = exchange(server.bind_addr, b'GET / HTTP/1.1\r\nHost: x\r\n'
                               b'Connection: close\r\n\r\n')
             statuses.append(answer.split(b' ', 2)[1])
-        clients = [threading.Thread(target=client) for _ in range(25)]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join(20)
+        at_once(25, client, timeout=20)
         self.assertEqual(statuses, [b'200'] * 25)
 
     def test_a_request_that_found_no_place_in_time_gets_503(self):

@@ -231,6 +231,15 @@ def serve_in_thread(app, timeout=10, threads=2, expiration_interval=0.5, backlog
     return server
 
 
+def at_once(count, client, timeout):
+    """Run client() in `count` threads started together; wait up to `timeout` for each."""
+    threads = [threading.Thread(target=client) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 class RequestReaderTest(unittest.TestCase):
     """production._RequestReader: what cheroot's parser reads, from memory."""
 
@@ -349,11 +358,7 @@ class BusyThreadsTest(unittest.TestCase):
                 answers.append(sock.recv(100)[:12])
 
         started = time.monotonic()
-        clients = [threading.Thread(target=client) for _ in range(100)]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join(60)
+        at_once(100, client, timeout=60)
         self.assertEqual(answers, [b'HTTP/1.1 200'] * 100)
         self.assertLess(time.monotonic() - started, 9)
 
