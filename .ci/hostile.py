@@ -407,6 +407,7 @@ def raw(line, headers=H):
     return line + b'\r\n' + headers + b'\r\n'
 
 
+BARE_LF_END = b'POST /echo HTTP/1.1\r\n' + H + b'Content-Length: 5\n\nhello'
 BAD, UNKNOWN_CODING, TOO_BIG, GONE = {400}, {400, 501}, {431}, 0  # GONE: closed without answer
 
 # (name, request, expected final statuses, must close, answer body must contain)
@@ -438,6 +439,9 @@ CASES = [
     ('Content-Length: fullwidth digit U+FF15', post('Content-Length: \uff15\r\n'.encode(), b'hello'), BAD, True, None),
     ('Content-Length: empty', post(b'Content-Length: \r\n', b''), BAD, True, None),
     ('Content-Length: 2^64+5', post(b'Content-Length: 18446744073709551621\r\n', b'hello'), {400, 413}, True, None),
+    ('Content-Length of 5,000 digits (more than int() takes)',
+     post(b'Content-Length: ' + b'1' * 5000 + b'\r\n', b'hello'), {400, 413}, True, None),
+    ('last header and the head ended by bare LFs', BARE_LF_END, BAD, True, None),
     ('"Content-Length : 5" (space before colon)', post(b'Content-Length : 5\r\n', b'hello'), BAD, True, None),
     ('"Transfer-Encoding : chunked" (space before colon)',
      post(b'Transfer-Encoding : chunked\r\n', b'5\r\nhello\r\n0\r\n\r\n'), BAD, True, None),
@@ -714,6 +718,19 @@ def pipelined_flood(server, count=1000):
           f'{len(statuses)} answered ({len(bad)} not 200), {"closed" if result.closed else "open"}')
     fresh = exchange(server.port, get(), answer_wait=5.0, close_wait=0)
     check('pipelined flood: fresh GET / answered afterwards', fresh.finals()[:1] == [200], fresh.summary())
+
+
+def pipelined_unparsable(server):
+    """A head behind a good request, read when the worker hands the connection back: an
+    error there stopped the whole server (cheroot takes it as fatal)."""
+    for name, bad in (('Content-Length of 5,000 digits', post(b'Content-Length: ' + b'1' * 5000 + b'\r\n')),
+                      ('a head ended by bare LFs', BARE_LF_END)):
+        result = exchange(server.port, get() + bad, answer_wait=5.0, close_wait=1.0)
+        finals = result.finals()
+        check(f'pipelined behind GET /: {name} is refused and the server lives',
+              finals[:1] == [200] and finals[1:] in ([400], [413]) and not result.leaks()
+              and server.alive() and exchange(server.port, get(), answer_wait=5.0, close_wait=0).finals() == [200],
+              result.summary())
 
 
 def half_close(server):
@@ -1097,7 +1114,8 @@ def main():
             if 'smuggling' in only:
                 phase('2. reused connections and smuggling', smuggling, main_server)
             if 'extras' in only:
-                phase('7. pipelined flood and half-close', lambda s: (pipelined_flood(s), half_close(s)),
+                phase('7. pipelined flood and half-close',
+                      lambda s: (pipelined_flood(s), pipelined_unparsable(s), half_close(s)),
                       main_server)
             if side_thread:
                 side_thread.join(timeout_seconds + 20)

@@ -384,7 +384,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
                 # Half a head, then the end: cheroot answers it (400), as it would have
                 # when it read the socket itself.
                 conn.close_after = True
-                self._hand_out(conn, fd, conn.pending)
+                self._hand_out(conn, fd, bytes(conn.pending))
                 return
             self._drop(fd, conn)
             return
@@ -396,7 +396,13 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             conn.deadline = now + self.server.timeout
         elif conn.head is not None:  # a body: it keeps the connection as long as it flows
             conn.deadline = min(now + self.server.timeout, conn.body_deadline)
-        conn.pending += data
+        pending = conn.pending
+        if not pending:
+            conn.pending = data
+        elif type(pending) is bytearray:
+            pending += data  # in place: a body arriving in small pieces is not copied each time
+        else:
+            conn.pending = bytearray(pending) + data
         self._hold(len(data))
         self._advance(conn, fd)
 
@@ -408,6 +414,10 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         except http.Reject as rejected:
             self._reject(conn, fd, rejected.status, rejected.reason)
             return
+        except Exception:  # a parsing bug: this client gets 400, the server keeps serving
+            self.server.client_errors.note('Unexpected error reading a request', traceback=True)
+            self._reject(conn, fd, '400 Bad Request', 'Malformed request.')
+            return
         if end is None:
             if self._held > self.BUFFER_BUDGET:
                 self._reject(conn, fd, '503 Service Unavailable', 'Too many requests arriving.')
@@ -418,9 +428,9 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         pending = conn.pending
         if end is STREAM:  # a body larger than the server buffers: the worker reads the rest
             conn.close_after = True
-            self._hand_out(conn, fd, pending, _StreamingReader(pending, conn.socket))
+            self._hand_out(conn, fd, pending, _StreamingReader(bytes(pending), conn.socket))
         else:
-            self._hand_out(conn, fd, pending[:end])
+            self._hand_out(conn, fd, bytes(pending[:end]))
 
     def _hand_out(self, conn, fd, request, reader=None):
         """Give a worker conn with `request`, the start of conn.pending, to read."""
@@ -610,7 +620,15 @@ class IdleConnections(cheroot.connections.ConnectionManager):
             self.put(conn)
 
     def put(self, conn):
-        """A worker is done with conn and keeps it open: wait for its next request."""
+        """A worker is done with conn and keeps it open: wait for its next request. It must
+        not raise: cheroot's worker takes any error here as fatal and stops the server."""
+        try:
+            self._put(conn)
+        except Exception:
+            self.server.client_errors.note('Unexpected error keeping a connection', traceback=True)
+            self._close(conn)
+
+    def _put(self, conn):
         conn.last_used = time.time()
         if conn.pending is None:  # TLS: cheroot's way
             if conn.rfile.has_data():  # decrypted already: the selector would not see it

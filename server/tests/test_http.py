@@ -120,6 +120,17 @@ class FramingTest(unittest.TestCase):
         self.assertEqual(http.framing(b'POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n'),
                          (http.INVALID, None))
 
+    def test_framing_never_raises_on_what_check_head_refuses_or_int_cannot_take(self):
+        head = b'POST / HTTP/1.1\r\nHost: x\r\n'
+        self.assertEqual(http.framing(head + b'Content-Length: 5\n\n'), (http.INVALID, None))
+        self.assertEqual(http.framing(head + b'Content-Length: ' + b'0' * 5000 + b'7\r\n\r\n'),
+                         (http.LENGTH, 7))
+        kind, length = http.framing(head + b'Content-Length: ' + b'1' * 5000 + b'\r\n\r\n')
+        self.assertEqual(kind, http.LENGTH)
+        self.assertGreaterEqual(length, 10**18)  # over any body cap: 413
+        self.assertEqual(http.framing(head + b'Content-Length: 0\r\n\r\n'), (http.LENGTH, 0))
+        self.assertFalse(http.expects_continue(head + b'Expect: 100-continue\n\n'))
+
     def test_chunked_bodies(self):
         body = b'5;name=value;q="a b"\r\nhello\r\n10\r\n' + b'x' * 16 + b'\r\n0\r\nTrailer: t\r\n\r\n'
         self.assertEqual(http.chunked_scan(body + b'GET', 0, 0, 0), (True, len(body), 21, None))
@@ -210,6 +221,26 @@ class WorkerErrorsTest(unittest.TestCase):
             self.assertIn('socket.error 666', logged)
             answer = exchange(server.bind_addr, OK[:-2] + b'Connection: close\r\n\r\n')
             self.assertIn(b' 200 OK', answer)  # the worker lives on
+        finally:
+            server.stop()
+
+    def test_a_bug_reading_requests_costs_one_client_a_400_not_the_server(self):
+        server = serve_in_thread(echo_app, timeout=2, threads=2)
+        logged = []
+        server.client_errors.log = lambda msg='', level=20, traceback=False: logged.append(msg)
+        try:
+            with mock.patch.object(http, 'framing', side_effect=RuntimeError('a bug')):
+                answer = exchange(server.bind_addr, OK)
+                self.assertTrue(answer.startswith(b'HTTP/1.1 400'), answer)
+                self.assertNotIn(b'a bug', answer)
+            self.assertIn('Unexpected error reading a request', logged)
+            manager = server._connections
+            with mock.patch.object(manager, '_put', side_effect=RuntimeError('a bug')):
+                answer = exchange(server.bind_addr, OK + OK, timeout=2)  # kept, then put() fails
+            self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
+            self.assertIn('Unexpected error keeping a connection', logged)
+            answer = exchange(server.bind_addr, OK[:-2] + b'Connection: close\r\n\r\n')
+            self.assertIn(b' 200 OK', answer)  # the server lives on
         finally:
             server.stop()
 
@@ -306,6 +337,36 @@ class RawSocketTest(unittest.TestCase):
         trailers = b'0\r\n' + b'X-T: t\r\n' * 300  # 2,400 bytes of trailer fields, cap 2,000
         self.assertRefused(b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
                            + trailers + b'\r\n' + OK, b'431')
+
+    def test_heads_python_cannot_parse_are_refused_and_the_server_lives(self):
+        """A last field ended by a bare LF, and a Content-Length int() refuses (over 4,300
+        digits), each raised in the selector thread; pipelined behind a request, in the
+        worker's hand-back, which cheroot takes as fatal: the server stopped."""
+        started = time.monotonic()
+        self.assertRefused(b'GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\n\n', b'400')
+        self.assertLess(time.monotonic() - started, 0.9)  # not the 408 at socket_timeout
+        huge = b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ' + b'1' * 5000 + b'\r\n\r\n'
+        self.server.max_request_header_size = 8000
+        self.addCleanup(setattr, self.server, 'max_request_header_size', 2000)
+        answer = exchange(self.address, huge)
+        self.assertTrue(answer.startswith(b'HTTP/1.1 413'), answer)
+        answer = exchange(self.address, OK + huge)
+        self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
+        self.assertIn(b'HTTP/1.1 413', answer)
+        answer = exchange(self.address, OK[:-2] + b'Connection: close\r\n\r\n')
+        self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
+
+    def test_a_body_in_small_pieces_arrives_whole(self):
+        body = bytes(range(256)) * 3
+        with socket.create_connection(self.address, timeout=5) as client:
+            client.sendall(b'POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n' % len(body))
+            for at in range(0, len(body), 100):
+                client.sendall(body[at:at + 100])
+                time.sleep(0.005)
+            client.sendall(OK[:-2] + b'Connection: close\r\n\r\n')
+            answer = b''.join(iter(lambda: client.recv(65536), b''))
+        self.assertIn(b'POST /p ' + body, answer)
+        self.assertTrue(answer.endswith(b'GET / '), answer)
 
     def test_a_refusal_is_bare_with_the_site_headers(self):
         answer = exchange(self.address, b'GET / HTTP/1.1\r\n\r\n')
