@@ -103,6 +103,7 @@ def serve(config):
     cherrypy.engine.start()
     print(config.summary(), flush=True)
     cherrypy.engine.block()              # until the engine exits
+    production.exit_if_a_listener_failed()  # status 70, not 0: a restart policy sees it
 
 
 def main():

@@ -52,6 +52,7 @@ from cheroot.workers import threadpool
 import cherrypy
 from cherrypy import _cplogging, _cpwsgi_server
 from cherrypy.lib import cptools, httputil
+from cherrypy.process import servers
 
 from . import client_input, http, logs
 
@@ -1837,6 +1838,24 @@ def wait_without_socket(adapter):
     """Make a ServerAdapter (cherrypy.server, the admin listener's) wait as above."""
     adapter.wait = functools.partial(wait_until_serving, adapter)
     return adapter
+
+
+def listeners(engine=None):
+    """Every listener the engine starts: cherrypy.server and any other (the admin one)."""
+    engine = engine or cherrypy.engine
+    return {cherrypy.server} | {
+        listener.__self__ for listener in engine.listeners['start']
+        if isinstance(getattr(listener, '__self__', None), servers.ServerAdapter)}
+
+
+def exit_if_a_listener_failed(engine=None):
+    """After engine.block(): a listener that stopped on an error stopped the whole engine,
+    and the process exited 0, as after a SIGTERM, so a restart-on-failure policy left it
+    down. Exit 70 (CherryPy's EX_SOFTWARE) instead, with one line saying why."""
+    for adapter in listeners(engine):
+        if isinstance(adapter.interrupt, Exception):
+            print(f'the server stopped on an error: {adapter.interrupt!r}', file=sys.stderr, flush=True)
+            raise SystemExit(70)
 
 
 def exit_if_start_fails(grace=10.0, engine=None):

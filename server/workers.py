@@ -16,17 +16,13 @@ import os
 import signal
 import sys
 
-import cherrypy
-from cherrypy.process import servers
+from server import production
 
 
 def share_ports():
     """Let every worker bind the same ports, and skip CherryPy's "is the port free?" check,
     which would see the other workers and give up."""
-    adapters = {cherrypy.server} | {  # the main listener, and any other (the admin one)
-        listener.__self__ for listener in cherrypy.engine.listeners['start']
-        if isinstance(getattr(listener, '__self__', None), servers.ServerAdapter)}
-    for adapter in adapters:
+    for adapter in production.listeners():
         adapter.httpserver.reuse_port = True
         adapter.bind_addr = None  # CherryPy checks a port only when it has an address
 

@@ -606,7 +606,7 @@ class SlowReaderTest(unittest.TestCase):
             def refused():  # the stop is sending what is owed: the listener refuses
                 try:
                     socket.create_connection(server.bind_addr, timeout=1).close()
-                except ConnectionRefusedError:
+                except (ConnectionRefusedError, ConnectionResetError):  # reset: closed as it came
                     return True
                 return False
             self.assertTrue(self.wait_until(refused, 1))
@@ -1568,6 +1568,20 @@ run.main()
 """
 
 
+# A fault cheroot takes as fatal: an error as a worker hands a kept connection back.
+LISTENER_FAILS = """
+import cherrypy, run
+from server import production
+broken, put = [], production.IdleConnections.put
+def put_or_fail(self, conn):
+    if broken:
+        raise RuntimeError('a bug')
+    put(self, conn)
+production.IdleConnections.put = put_or_fail
+run.Landing.breaks = cherrypy.expose(lambda self: broken.append(1) or 'broken')
+run.main()
+"""
+
 # A server with a slow handler, as a user would add one; for the signal tests.
 SLOW_SERVER = """
 import time, cherrypy, run
@@ -1648,6 +1662,18 @@ class ProcessTest(unittest.TestCase):
         self.assertEqual(done.returncode, 70, done.stderr[-2000:])
         self.assertIn('start failed and the engine did not exit', done.stderr)
         self.assertLess(time.monotonic() - started, 20)
+
+    def test_a_listener_stopped_by_an_error_exits_70_not_0(self):
+        """cheroot stops serving on such an error and the engine exits; the process exited 0,
+        as after SIGTERM, and a restart-on-failure policy left the site down."""
+        proc, port, _ = start_server(code=LISTENER_FAILS)
+        try:
+            request('GET', '/breaks', port=port)  # kept open: the hand-back fails
+        except OSError:
+            pass
+        out, err = stop(proc)
+        self.assertEqual(proc.returncode, 70, err[-2000:])
+        self.assertIn("the server stopped on an error: RuntimeError('a bug')", err)
 
     def test_works_from_another_working_directory(self):
         with tempfile.TemporaryDirectory() as elsewhere:
