@@ -43,6 +43,7 @@ otherwise. Valid requests are served exactly as before.
 production.configure_app() turns it on for the site and the admin pages (`tools.client_input`).
 """
 import base64
+import errno
 import re
 from http.cookies import SimpleCookie
 
@@ -140,6 +141,10 @@ def _overlap(ranges):
     return any(start <= previous_end for (_, previous_end), (start, _) in zip(spans, spans[1:]))
 
 
+# Errors of the server, not of the client's bytes, while a body is parsed (temp files).
+_SERVER_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EROFS, errno.EIO}
+
+
 def _read_body():
     """before_request_body, after the other hooks: parse the body as CherryPy would right
     after them, a parser's failure on the client's bytes a 400; drop a `self` parameter."""
@@ -150,7 +155,16 @@ def _read_body():
             request.body.process()
         except (cherrypy.HTTPError, cherrypy.HTTPRedirect, cherrypy.InternalRedirect):
             raise  # CherryPy's own answers: 411, 413, 415, "Invalid JSON document"...
-        except Exception:
+        except MemoryError:
+            raise
+        except OSError as error:
+            if error.errno in _SERVER_FAULTS:  # a full disk for an upload's temp file: a 500
+                raise
+            raise cherrypy.HTTPError(400, 'Malformed request body.') from None
+        except (ValueError, LookupError, EOFError, RecursionError):  # parsers, on bad bytes
+            raise cherrypy.HTTPError(400, 'Malformed request body.') from None
+        except Exception:  # more likely a bug (a body processor of yours): logged
+            cherrypy.log('A request body failed to parse: 400', traceback=True)
             raise cherrypy.HTTPError(400, 'Malformed request body.') from None
     request.params.pop('self', None)
 

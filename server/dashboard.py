@@ -152,7 +152,7 @@ def threads():
     """Busy and idle workers of the main listener, read from cheroot's pool as they are
     (server.statistics stays off: its per-connection bookkeeping adds nothing shown here)."""
     pool = getattr(cherrypy.server.httpserver, 'requests', None)
-    total = len(getattr(pool, '_threads', ()))
+    total = len(pool._threads) if pool is not None else 0  # production.UPSTREAM lists it
     idle = pool.idle if total else 0
     return {'busy': total - idle, 'idle': idle, 'total': total}
 

@@ -30,6 +30,8 @@ import email.utils
 import errno
 import functools
 import html
+import importlib
+import inspect
 import logging
 import math
 import os
@@ -93,13 +95,63 @@ UPSTREAM = {
     'cherrypy._cpwsgi_server.CPWSGIHTTPRequest': 'its request class, extended by _Request',
     'cherrypy._cplogging.LogManager': 'the access log, extended by AccessLog',
     'cherrypy.Tool._setup': 'logs.RequestIdTool sets the id there, once per request, before any hook; '
-                            'client_input.ClientInputTool checks headers there',
+                            'client_input.ClientInputTool checks headers there; '
+                            'dashboard.CountingTool starts its clock there',
+    'cherrypy.Tool._merged_args': 'dashboard.CountingTool: its arguments, merged as Tool._setup does',
+    'cheroot.workers.threadpool.ThreadPool()._threads':
+        'dashboard.threads(): the pool\'s worker threads, counted for http_threads_busy/idle',
+    'cheroot.connections.ConnectionManager._num_connections':
+        'tests only (test_server): the connections the selector holds',
     'cherrypy.lib.file_generator_limited':
         'one range of a static file: _Gateway reads its locals "fileobj" and "remaining" to '
         'send the rest from the file (SlowReaderTest fails if they change)',
     'cherrypy._cperror.format_exc': 'logs: a traceback as one JSON field',
     'cherrypy._cperror._exc_info': 'logs: the exception being handled, as cherrypy.log reads it',
 }
+
+# What .ci/upstream/plugin.py (the harness running cheroot's and CherryPy's own suites with
+# this server in place) relies on; it checks them with check_upstream() as it loads, since
+# their modules need pytest, which the template's own environment does not install.
+UPSTREAM_HARNESS = {
+    'cherrypy._cpserver.Server.httpserver_from_self':
+        'builds cherrypy.server\'s server: the harness builds production.Server instead',
+    'cherrypy.test.helper.CPWebCase._setup_server': 'the harness sets the suite\'s port there',
+    'cheroot.test._pytest_plugin': 'cheroot\'s own pytest plugin, loaded as its suite expects',
+    'cheroot.wsgi.Server.__init__':
+        'calls super(Server, self) by its module\'s global name: the harness keeps it stock',
+}
+
+
+def check_upstream(names):
+    """The names of `names` (UPSTREAM, UPSTREAM_HARNESS) that no longer exist upstream.
+    "module.Class().attribute": set on instances, so looked for in the class's source."""
+    missing = []
+    for name in names:
+        owner, _, attribute = name.rpartition('.')
+        try:
+            if owner.endswith(')'):
+                cls = _resolve(owner[:-2])
+                source = ''.join(inspect.getsource(c) for c in cls.__mro__ if c is not object)
+                if 'self.' + attribute + ' =' not in source:
+                    missing.append(name)
+            elif not hasattr(_resolve(owner), attribute):
+                importlib.import_module(name)  # a module not imported yet, or ImportError
+        except (ImportError, AttributeError, OSError, TypeError):
+            missing.append(name)
+    return missing
+
+
+def _resolve(dotted):
+    parts = dotted.split('.')
+    for cut in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module('.'.join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            value = getattr(value, part)
+        return value
+    raise ImportError(dotted)
 
 
 def error_page(status, message, traceback, version):
@@ -1627,16 +1679,16 @@ class TunedServer:
         self.last_loop = time.monotonic()  # a restart is not a stuck selector
         try:
             super().prepare()
+            self.outbox_budget = _Budget(self.OUTBOX_BUDGET)
+            self.spill_budget = _Budget(self.SPILL_BUDGET)
+            if self.gateway is cheroot.wsgi.Gateway_10:
+                self.gateway = _Gateway
+            self.socket.setblocking(False)  # accept() only after the selector said "readable"
+            self._connections.close()  # cheroot's manager, replaced before serve() starts
+            self._connections = IdleConnections(self)  # its wake-up pipe may hit EMFILE
         except BaseException:
             pool._queue.close()  # its watchdog ends
             raise
-        self.outbox_budget = _Budget(self.OUTBOX_BUDGET)
-        self.spill_budget = _Budget(self.SPILL_BUDGET)
-        if self.gateway is cheroot.wsgi.Gateway_10:
-            self.gateway = _Gateway
-        self.socket.setblocking(False)  # accept() only after the selector said "readable"
-        self._connections.close()  # cheroot's manager, replaced before serve() starts
-        self._connections = IdleConnections(self)
         self.draining = False
 
     @property

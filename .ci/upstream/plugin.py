@@ -204,6 +204,12 @@ os.environ['UPSTREAM_CHILD'] = '1'  # sitecustomize.py: child processes import t
 
 
 def pytest_configure(config):
+    import pytest
+    production = import_production()
+    missing = production.check_upstream(production.UPSTREAM_HARNESS)
+    if missing:  # an upgrade moved what this harness patches: say so, not a confusing failure
+        raise pytest.UsageError('upstream changed what the harness relies on '
+                                '(production.UPSTREAM_HARNESS): ' + ', '.join(missing))
     port = os.environ.get('UPSTREAM_CP_PORT')
     if SUITE == 'cherrypy' and port:
         use_port(int(port))

@@ -1281,6 +1281,21 @@ class ClientInputTest(unittest.TestCase):
             status, headers, _ = request('GET', '/logo.png', headers={'Range': given})
             self.assertEqual((status, headers['Content-Range']), (416, f'bytes */{size}'), given)
 
+    def test_a_server_fault_parsing_a_body_is_not_blamed_on_the_client(self):
+        """A full disk for an upload's temp file is the server's 500; a body processor that
+        fails another way is 400, with its traceback logged (it may be a bug of yours)."""
+        form = {'Content-Type': 'application/x-www-form-urlencoded'}
+        process = 'cherrypy._cpreqbody.RequestBody.process'
+        with mock.patch(process, side_effect=OSError(errno.ENOSPC, 'No space left on device')):
+            self.assertEqual(request('POST', '/input/params', body=b'a=1', headers=form)[0], 500)
+        with mock.patch(process, side_effect=TypeError('a bug')):
+            self.assertEqual(request('POST', '/input/params', body=b'a=1', headers=form)[0], 400)
+        logged = '\n'.join(self.errors.lines)
+        self.assertIn('OSError: [Errno 28]', logged)
+        self.assertIn('A request body failed to parse: 400', logged)
+        self.assertIn("TypeError: a bug", logged)
+        self.errors.lines.clear()  # the tracebacks expected here
+
     def test_a_body_cherrypy_cannot_parse_gets_400(self):
         form = 'application/x-www-form-urlencoded'
         for content_type, body in (
