@@ -490,7 +490,12 @@ async def trust_proxy(proxies, instances, check):
                                                           'X-Forwarded-Proto: https')),
              ('client sends two X-Forwarded-For lines', (f'X-Forwarded-For: {SPOOFED}',
                                                          'X-Forwarded-For: 198.51.100.7',
-                                                         'X-Forwarded-Proto: https'))]
+                                                         'X-Forwarded-Proto: https')),
+             # One WSGI name with X-Forwarded-For: HAProxy merges its own into the client's
+             # line above, so this one came later and replaced it.
+             ('client sends X-Forwarded-For and X_Forwarded_For', (
+                 'X-Forwarded-For: 198.51.100.7', f'X_Forwarded_For: {SPOOFED}',
+                 'X_Forwarded_Proto: https'))]
     for proxy in proxies:
         for name, headers in cases:
             seen = set()

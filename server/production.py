@@ -31,6 +31,7 @@ import errno
 import functools
 import html
 import importlib
+import ipaddress
 import inspect
 import logging
 import math
@@ -53,7 +54,7 @@ import cheroot.wsgi
 from cheroot.workers import threadpool
 import cherrypy
 from cherrypy import _cplogging, _cpwsgi_server
-from cherrypy.lib import cptools, httputil
+from cherrypy.lib import httputil
 from cherrypy.process import servers
 
 from . import client_input, http, logs
@@ -206,7 +207,7 @@ class AccessLog(_cplogging.LogManager):
         # CherryPy stores header names title-cased: dict.get skips its per-lookup
         # key.title(), which made these three lookups a third of this method.
         headers = request.headers
-        atoms = (request.remote.name or request.remote.ip, self.time(),
+        atoms = (_quote(request.remote.name or request.remote.ip or '-'), self.time(),
                  _quote(request.request_line), status,
                  dict.get(response.headers, 'Content-Length') or '-',
                  _quote(dict.get(headers, 'Referer', '')),
@@ -1232,6 +1233,40 @@ class _SocketWriter:
         self.held = None
 
 
+class _HeaderReader(cheroot.server.HeaderReader):
+    """cheroot's header reader, without a field whose name has "_" and that another field
+    shares once both are WSGI names: X_Forwarded_For and X-Forwarded-For are both
+    HTTP_X_FORWARDED_FOR, and the later one won, so a client's X_Forwarded_For replaced the
+    X-Forwarded-For a proxy (HAProxy's option forwardfor) had written. nginx and Apache
+    drop every name with "_"; only those that collide are dropped here."""
+
+    def __call__(self, rfile, hdict=None):
+        hdict = super().__call__(rfile, hdict)
+        if any(b'_' in name for name in hdict):
+            wsgi_names = collections.Counter(_wsgi_name(name) for name in hdict)
+            for name in [name for name in hdict if b'_' in name and wsgi_names[_wsgi_name(name)] > 1]:
+                del hdict[name]
+        return hdict
+
+
+def _wsgi_name(name):
+    return name.upper().replace(b'-', b'_')
+
+
+class _NoExpectHeaderReader(_HeaderReader):
+    """Leaves out "Expect: 100-continue" when the server has answered it already
+    (IdleConnections sends it while it waits for the body)."""
+
+    def __call__(self, rfile, hdict=None):
+        hdict = super().__call__(rfile, hdict)
+        if hdict.get(b'Expect', b'').lower() == b'100-continue':
+            del hdict[b'Expect']
+        return hdict
+
+
+_HEADERS, _NO_EXPECT = _HeaderReader(), _NoExpectHeaderReader()
+
+
 class _Request(cheroot.server.HTTPRequest):
     """cheroot's request, with:
 
@@ -1244,6 +1279,8 @@ class _Request(cheroot.server.HTTPRequest):
     - Connection: close when the server decided so for the request (close_after);
     - status line and headers sent with the body's first piece (_SocketWriter).
     """
+
+    header_reader = _HEADERS  # cheroot's extension point
 
     def parse_request(self):
         conn = self.conn
@@ -1378,20 +1415,6 @@ class _Gateway(cheroot.wsgi.Gateway_10):
 # CherryPy's generator of one range of a file (cherrypy.lib.static, for "Range: bytes=a-b");
 # _Gateway reads its locals "fileobj" and "remaining" (UPSTREAM).
 _ONE_RANGE = cherrypy.lib.file_generator_limited.__code__
-
-
-class _NoExpectHeaderReader(cheroot.server.HeaderReader):
-    """cheroot's header reader, leaving out "Expect: 100-continue" when the server has
-    answered it already (IdleConnections sends it while it waits for the body)."""
-
-    def __call__(self, rfile, hdict=None):
-        hdict = super().__call__(rfile, hdict)
-        if hdict.get(b'Expect', b'').lower() == b'100-continue':
-            del hdict[b'Expect']
-        return hdict
-
-
-_NO_EXPECT = _NoExpectHeaderReader()
 
 
 class TunedConnection(cheroot.server.HTTPConnection):
@@ -1794,11 +1817,23 @@ def trusted_proxy():
     controls. A load balancer appends the address it saw, so take the right-most one.
     """
     request = cherrypy.serving.request
-    cptools.proxy(remote=None, local=None, scheme='X-Forwarded-Proto')  # scheme
-    forwarded = request.headers.get('X-Forwarded-For', '')
-    client = forwarded.rsplit(',', 1)[-1].strip()
-    if client:
+    scheme = request.headers.get('X-Forwarded-Proto', '').rsplit(',', 1)[-1].strip().lower()
+    if scheme in ('http', 'https'):  # anything else would go into redirects' Location
+        request.base = scheme + request.base[request.base.find('://'):]
+    client = _address(request.headers.get('X-Forwarded-For', '').rsplit(',', 1)[-1].strip())
+    if client:  # else (not an address: the client's own words) the proxy's stays
         request.remote.ip = request.remote.name = client
+
+
+def _address(value):
+    """The IP address in `value` ("192.0.2.1", "2001:db8::1", with a port too: "192.0.2.1:80",
+    "[2001:db8::1]:80"), normalized; None if it holds none."""
+    for candidate in (value, value.rpartition(':')[0].strip('[]')):
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None
 
 
 cherrypy.tools.trusted_proxy = cherrypy.Tool('before_request_body', trusted_proxy, priority=30)

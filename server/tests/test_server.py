@@ -195,6 +195,49 @@ class AccessLogTest(unittest.TestCase):
         self.assertTrue(log.lines[2].startswith('10.9.9.9 '), log.lines)
         self.assertNotIn('6.6.6.6', ''.join(log.lines))
 
+    def mount_on_the_site(self, page):
+        """`page` at /where/ on the site, with TRUST_PROXY on, for this test."""
+        app = cherrypy.tree.apps['']
+        self.addCleanup(flush_access_log)  # this test's lines, not in the next test's capture
+        app.root.where = page
+        self.addCleanup(delattr, app.root, 'where')
+        patch = mock.patch.dict(app.config['/'], {'tools.trusted_proxy.on': True})
+        patch.start()
+        self.addCleanup(patch.stop)
+
+    def test_trust_proxy_takes_only_an_address_and_http_or_https(self):
+        """X-Forwarded-For reached the log as written (after CherryPy's RFC 2047 decoding:
+        a whole forged line); X-Forwarded-Proto went into every URL the app builds."""
+        class Where:
+            @cherrypy.expose
+            def index(self):
+                return f'{cherrypy.request.remote.ip} {cherrypy.url("/x")}'
+        self.mount_on_the_site(Where())
+        forged = '=?utf-8?q?6.6.6.6_-_-_[x]_"GET_/forged_HTTP/1.1"_200_1_"-"_"-"=0A6.6.6.6?='
+        for forwarded, proto, seen in (
+                ('10.1.2.3, ' + forged, 'https://evil.example/#', '127.0.0.1 http://'),
+                ('10.1.2.3, unknown', 'javascript', '127.0.0.1 http://'),
+                ('192.0.2.1:8080', 'HTTPS', '192.0.2.1 https://'),
+                ('6.6.6.6, [2001:DB8::1]:80', 'http, https', '2001:db8::1 https://')):
+            status, _, body = request('GET', '/where/', headers={
+                'X-Forwarded-For': forwarded, 'X-Forwarded-Proto': proto})
+            self.assertEqual(status, 200, body)
+            self.assertTrue(body.decode().startswith(seen), (forwarded, proto, body))
+            self.assertTrue(body.endswith(b'/x') and b'evil' not in body, body)
+
+    def test_a_field_named_with_underscores_never_replaces_the_proxys(self):
+        """X_Forwarded_For and X-Forwarded-For are one WSGI name: the later one won."""
+        class Where:
+            @cherrypy.expose
+            def index(self):
+                headers = cherrypy.request.headers
+                return f'{cherrypy.request.remote.ip} {headers.get("X-Request-Id")} {headers.get("X-Custom")}'
+        self.mount_on_the_site(Where())
+        answer = testing.raw(b'GET /where/ HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.2.3\r\n'
+                             b'X-Request-Id: abc\r\nX_Forwarded_For: 6.6.6.6\r\nx_request_id: 666\r\n'
+                             b'X_Custom: kept\r\nConnection: close\r\n\r\n')
+        self.assertTrue(answer.endswith(b'10.1.2.3 abc kept'), answer)
+
 
 class KeepAliveTest(unittest.TestCase):
 
