@@ -195,6 +195,22 @@ class AccessLogTest(unittest.TestCase):
         self.assertTrue(log.lines[2].startswith('10.9.9.9 '), log.lines)
         self.assertNotIn('6.6.6.6', ''.join(log.lines))
 
+    def test_lines_the_output_cannot_take_are_dropped_and_counted(self):
+        """With stdout stalled, the queue of lines grew without bound (1 GB in 15 s)."""
+        log = cherrypy.tree.apps[''].log
+        with mock.patch.object(log, 'QUEUE_LIMIT', 2000), CaptureLog('cherrypy.access') as lines, \
+                CaptureLog('cherrypy.error') as errors:
+            flush_access_log()
+            with log._writing:  # the writer is stuck, as on a full pipe
+                for _ in range(40):
+                    self.assertEqual(request('GET', '/', headers={'User-Agent': 'u' * 100})[0], 200)
+                self.assertLessEqual(log.queued, 2000)
+            flush_access_log()
+        self.assertTrue(10 <= len(lines.lines) < 20, len(lines.lines))
+        self.assertIn(f'{40 - len(lines.lines)} access-log lines dropped: the log output did not '
+                      'keep up', '\n'.join(errors.lines))
+        self.assertEqual(log.queued, 0)
+
     def mount_on_the_site(self, page):
         """`page` at /where/ on the site, with TRUST_PROXY on, for this test."""
         app = cherrypy.tree.apps['']
