@@ -1698,7 +1698,9 @@ class TunedServer:
 
     client_errors = None  # ClientErrors, made by prepare()
     OUTBOX_BUDGET = 64 * 2**20  # bytes of answers kept for slow readers, all connections
-    SPILL_BUDGET = 1 * 2**30  # past that, in temporary files (nginx's default for proxies)
+    # Past that, in temporary files. They are unlinked, so a Kubernetes emptyDir's sizeLimit
+    # does not see them: this keeps them within a node's usual spare disk (1 GiB before).
+    SPILL_BUDGET = 256 * 2**20
     outbox_budget = spill_budget = None  # their _Budgets, made by prepare()
     require_host = False  # HTTP/1.1 without Host: 400 (CherryPy's servers; cheroot does not)
     keep_alive_timeout = None  # set by tune(); None: server.socket_timeout, as cheroot
