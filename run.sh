@@ -38,7 +38,14 @@ if ! "$ENGINE" run --rm "$IMAGE" ./testing.sh --site; then
 fi
 echo "run.sh: tests passed inside image $IMAGE; starting container $CONTAINER on port $HOST_PORT" >&2
 
+# Your settings go with it (LOG_FORMAT=json ./run.sh), but PORT and HOST: the container
+# listens on 8080, published as HOST_BIND:HOST_PORT.
+settings=()
+for name in $("$ENGINE" run --rm "$IMAGE" python -m server.settings); do
+  if [ "$name" != PORT ] && [ "$name" != HOST ] && [ -n "${!name+set}" ]; then settings+=(--env "$name"); fi
+done
+
 tty=()
 if [ -t 0 ]; then tty=(-it); fi               # a terminal for ./run.sh bash; none in CI or pipes
-exec "$ENGINE" run "${tty[@]}" --name "$CONTAINER" \
+exec "$ENGINE" run "${tty[@]}" "${settings[@]}" --name "$CONTAINER" \
   --publish "${HOST_BIND:+$HOST_BIND:}$HOST_PORT:8080" "$IMAGE" "$@"

@@ -93,12 +93,14 @@ def slow(self, seconds="3"):
 run.Landing.slow = cherrypy.expose(slow)
 run.main()'
 old=$(docker inspect --format '{{.Id}}' "$NAME" 2>/dev/null)
-timeout "$LIMIT" ./run.sh python -c "$slow_app" </dev/null >"$work/run2.log" 2>&1 &
+LOG_FORMAT=json PORT=9999 timeout "$LIMIT" ./run.sh python -c "$slow_app" </dev/null >"$work/run2.log" 2>&1 &
 run2=$!
 check "a second run.sh replaced the running container" eval 'wait_for 60 eval "! kill -0 $run 2>/dev/null"'
 wait_for "$LIMIT" eval "status_is '/slow?seconds=0' 200 || ! kill -0 $run2 2>/dev/null"
 check "the new container serves (and is a new one)" \
   eval 'status_is "/slow?seconds=0" 200 && [ "$(docker inspect --format "{{.Id}}" "$NAME")" != "$old" ]'
+check "run.sh passed LOG_FORMAT=json on to the container, not PORT (it listens on 8080)" \
+  eval '[ "$(docker exec "$NAME" printenv LOG_FORMAT)" = json ] && ! docker exec "$NAME" printenv PORT'
 fetch "http://127.0.0.1:$PORT/slow?seconds=3" "$work/slow" >"$work/slow.status" &
 slow=$!
 sleep 1                               # the request is now inside the handler's 3-second sleep

@@ -19,6 +19,7 @@ Register a readiness check (none by default) in run.py:
     def database():
         db.ping()        # raise, or return False, when not ready
 """
+import inspect
 import threading
 import time
 
@@ -123,7 +124,12 @@ def readiness():
 
 def readiness_check(name, timeout=1.0):
     """Decorator: register a readiness check that must finish within `timeout` seconds."""
+    if not (isinstance(timeout, (int, float)) and 0 < timeout <= 60):
+        raise ValueError(f'readiness check {name!r}: timeout must be above 0 and at most 60 s')
+
     def register(fn):
+        if inspect.iscoroutinefunction(fn):  # its coroutine object is truthy: always "ready"
+            raise TypeError(f'readiness check {name!r}: write it as a plain def, not async def')
         lifecycle.checks[name] = (fn, timeout)
         return fn
     return register

@@ -6,10 +6,14 @@ A bad one prints one line that names it and says what is wrong, then exits with 
     PORT='abc': must be a whole number from 1 to 65535
 
 Your own setting: put it in prod.conf's [global] as `ops.name: default`; the environment
-variable NAME overrides it (read as the default's type: text, whole number, number or
-True/False), and a handler reads it with `settings.get('ops.name')`.
+variable NAME overrides it (read as the default's type: text, whole number, number,
+True/False; text for None; comma-separated text for a list), and a handler reads it with
+`settings.get('ops.name')`.
 """
+import difflib
+import inspect
 import os
+import socket
 import sys
 
 import cherrypy
@@ -55,7 +59,30 @@ def _one_of(*choices):
 def _host(text):
     if not text.strip() or any(c.isspace() for c in text):
         raise SettingError('must be an address or host name such as 0.0.0.0 or 127.0.0.1')
+    try:
+        socket.getaddrinfo(text.strip(), None)
+    except (OSError, UnicodeError):  # not an address, and no such name (999.1.1.1, abc)
+        raise SettingError('not an address, nor a host name this machine resolves') from None
     return text.strip()
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 3600:
+        raise SettingError('must be a number of seconds above 0, at most 3600')
+    return value
+
+
+def _text_or_none(text):
+    return text
+
+
+def _list(text):
+    """A list setting of your own from its variable: comma-separated text."""
+    return [item.strip() for item in text.split(',') if item.strip()]
 
 
 def _whole_number(text):
@@ -95,8 +122,17 @@ VARIABLES = {
     'STATIC_MAX_AGE': ('ops.static_max_age', _number(0, 31536000)),  # every static section
     'DEV': (None, _switch),
 }
-# How a setting of your own (ops.* in prod.conf) reads its variable: by the default's type.
-PARSE_BY_TYPE = {bool: _switch, int: _whole_number, float: _decimal, str: str}
+# How a setting of your own (ops.* in prod.conf) reads its variable: by the default's type
+# (None: text; a list: comma-separated text).
+PARSE_BY_TYPE = {bool: _switch, int: _whole_number, float: _decimal, str: str,
+                 type(None): _text_or_none, list: _list}
+# prod.conf values with no variable, checked all the same: a bad one failed every request.
+FILE_ONLY = {
+    'server.socket_timeout': _seconds,
+    'server.socket_queue_size': _number(1, 65535),
+    'server.max_request_header_size': _number(0, 2**31),
+    'server.max_request_body_size': _number(0, 2**62),
+}
 
 
 # Global keys that configure the process, not a request: CherryPy applies them to its
@@ -164,14 +200,60 @@ def user_variables(global_config, file_name='prod.conf'):
 def check_file_values(global_config, file_name):
     """prod.conf's values go through the checks of their variables; returns them parsed."""
     checked = {}
-    for name, (key, parse) in VARIABLES.items():
+    checks = [(key, parse, f' [{name}]') for name, (key, parse) in VARIABLES.items()]
+    checks += [(key, parse, '') for key, parse in FILE_ONLY.items()]
+    for key, parse, variable in checks:
         if key in global_config:
+            value = global_config[key]
             try:
-                checked[key] = parse(str(global_config[key]))
+                if not isinstance(value, (str, int, float)):  # `abc` reads as a module
+                    raise SettingError('must be a value, not a name')
+                checked[key] = parse(str(value))
             except SettingError as error:
-                raise SettingError(f'{file_name}: {key}: {global_config[key]!r}: {error} '
-                                   f'[{name}]') from None
+                shown = getattr(value, '__name__', None) or repr(value)
+                raise SettingError(f'{file_name}: {key}: {shown}: {error}{variable}') from None
     return checked
+
+
+def check_file_keys(file_config, file_name):
+    """A misspelled key in prod.conf did nothing (a server key, a tool's argument) or broke
+    the server later (a key the template reads: a traceback at start, every /static/ a 500)."""
+    global_config = file_config.get('global', {})
+    for key in global_config:
+        if key.startswith('server.') and not hasattr(cherrypy.server, key[len('server.'):]):
+            known = ['server.' + name for name in vars(type(cherrypy.server))
+                     if not name.startswith('_')] + [key for key, _ in VARIABLES.values() if key]
+            raise SettingError(f'{file_name}: {key}: not a setting of CherryPy\'s server'
+                               + _did_you_mean(key, known))
+    for key in (key for key, _ in VARIABLES.values() if key and key.startswith('ops.')):
+        if key not in global_config:
+            raise SettingError(f'{file_name}: {key} is missing' + _did_you_mean(
+                key, global_config, 'is {} a misspelling of it?'))
+    for section, entries in file_config.items():
+        for key in entries:
+            name, _, argument = key[len('tools.'):].partition('.')
+            tool = getattr(cherrypy.tools, name, None) if key.startswith('tools.') else None
+            if tool is None or argument in ('on', 'priority', ''):
+                continue
+            try:
+                parameters = inspect.signature(tool.callable).parameters
+            except (TypeError, ValueError):
+                continue
+            if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+                continue
+            if argument not in parameters:
+                raise SettingError(f'{file_name}: [{section}] {key}: tools.{name} takes no '
+                                   f'{argument!r}' + _did_you_mean(
+                                       argument, list(parameters), 'did you mean {}?', 0.6))
+        for needs, argument in (('tools.staticdir.on', 'tools.staticdir.dir'),
+                                ('tools.staticfile.on', 'tools.staticfile.filename')):
+            if entries.get(needs) and argument not in entries:
+                raise SettingError(f'{file_name}: [{section}] {needs} needs {argument}')
+
+
+def _did_you_mean(word, choices, phrase='did you mean {}?', cutoff=0.8):
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f' ({phrase.format(close[0])})' if close else ''
 
 
 def read_environment(environ, variables=VARIABLES):
@@ -207,6 +289,7 @@ def load(conf_path, root_dir, environ=os.environ):
             raise SettingError(f'{os.path.basename(conf_path)}: ops.response_headers: must be '
                                'a dict of header names (letters, digits, -) to values, '
                                'each ASCII text on one line')
+        check_file_keys(file_config, os.path.basename(conf_path))
         global_config = dict(file_config.pop('global', {}))
         global_config.update(check_file_values(global_config, os.path.basename(conf_path)))
         variables = dict(VARIABLES, **user_variables(global_config, os.path.basename(conf_path)))
@@ -238,6 +321,16 @@ def load(conf_path, root_dir, environ=os.environ):
     return _current
 
 
+def variable_names(conf_path):
+    """Every setting's variable: the server's and those of your own settings in conf_path."""
+    names = set(VARIABLES)
+    try:
+        names |= set(user_variables(reprconf.Parser().dict_from_file(conf_path).get('global', {})))
+    except Exception:  # a broken prod.conf: load() says what is wrong, at start
+        pass
+    return sorted(names)
+
+
 def refuse(problem):
     """A bad setting: one line naming it, exit status 2, before anything binds."""
     print(f'Bad setting: {problem}', file=sys.stderr)
@@ -255,3 +348,8 @@ def _cache_static_files(app_config, max_age, override):
                 section['tools.cache_control.max_age'] = max_age
             else:
                 section.setdefault('tools.cache_control.max_age', max_age)
+
+
+if __name__ == '__main__':  # run.sh: which variables to pass on to the container
+    print('\n'.join(variable_names(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'prod.conf'))))

@@ -32,6 +32,18 @@ if signal.getsignal(signal.SIGTERM) is server._exit_before_serving:
 PORT = ADMIN_PORT = None  # set by start_site()
 
 
+def _clear_setting_variables():
+    """The tests check the site as prod.conf configures it: a setting in the environment
+    (`DEV=1 ./run.sh`, `STATIC_MAX_AGE=60 ./run.sh`) is for the server run.sh starts after
+    them, not for them (DEV=1 failed the error-page tests, and the server never started)."""
+    from server import settings
+    for name in settings.variable_names(os.path.join(HERE, 'prod.conf')):
+        os.environ.pop(name, None)
+
+
+_clear_setting_variables()
+
+
 def free_ports(count=2):
     """Ports nothing listens on, all different: held open together, then released (two
     separate bind-to-0 calls can return the same port, and a server then fails to start)."""

@@ -189,6 +189,17 @@ class LifecycleTest(unittest.TestCase):
         probes.readiness_check('cache')(lambda: False)
         self.assertEqual(probes.not_ready_reason(), "check 'cache' failed")
 
+    def test_an_async_check_or_a_timeout_not_above_zero_is_refused_when_registered(self):
+        """An async def check returned a coroutine, which is truthy: always ready."""
+        async def database():
+            return False
+        with self.assertRaises(TypeError):
+            probes.readiness_check('database')(database)
+        for timeout in (0, -1, '1'):
+            with self.assertRaises(ValueError):
+                probes.readiness_check('database', timeout=timeout)
+        self.assertNotIn('database', probes.lifecycle.checks)
+
     def test_a_change_of_readiness_is_logged_once_with_why(self):
         """A check that fails (False, an error, a timeout) is logged when readiness changes,
         with the details the 503 body leaves out; not once a probe."""

@@ -1155,7 +1155,8 @@ class SettingsTest(unittest.TestCase):
 
     def test_bad_values_name_the_variable(self):
         cases = {'PORT': ['abc', '70000', '0', '-1', '8080.5'], 'THREAD_POOL': ['0', 'many'],
-                 'DEV': ['maybe'], 'HOST': ['', 'a b'], 'DRAIN_SECONDS': ['-3'],
+                 'DEV': ['maybe'], 'HOST': ['', 'a b', '999.1.1.1', 'no-such-host.invalid'],
+                 'DRAIN_SECONDS': ['-3'],
                  'STATIC_MAX_AGE': ['forever'], 'TRUST_PROXY': ['2']}
         for name, values in cases.items():
             for value in values:
@@ -1175,6 +1176,33 @@ class SettingsTest(unittest.TestCase):
         self.assertEqual([k for k in keys if k.split('.')[0] in settings.PROCESS_WIDE], [])
         self.assertEqual(cherrypy.server.thread_pool, THREADS)  # applied all the same
         self.assertEqual(cherrypy.server.socket_port, PORT)
+
+    def test_a_misspelled_key_or_bad_server_value_in_prod_conf_exits_2(self):
+        """Each of these started: a traceback (exit 1) and the server up, or every request
+        (every /static/ one) failing."""
+        with open(os.path.join(HERE, 'prod.conf')) as f:
+            shipped = f.read()
+        for old, new, said in (
+                ('server.thread_pool: 100', 'server.thread_pol: 100', 'did you mean server.thread_pool?'),
+                ('ops.keep_alive_timeout: 65', 'ops.keep_alive_timout: 65',
+                 'ops.keep_alive_timeout is missing (is ops.keep_alive_timout a misspelling of it?)'),
+                ('server.socket_timeout: 10', 'server.socket_timeout: -5', 'server.socket_timeout: -5: must'),
+                ('server.max_request_body_size: 1048576', 'server.max_request_body_size: -1',
+                 'server.max_request_body_size: -1: must be a whole number'),
+                ("tools.staticdir.dir: 'static'", "tools.staticdir.dri: 'static'", 'did you mean dir?'),
+                ("tools.staticdir.dir: 'static'", '', 'tools.staticdir.on needs tools.staticdir.dir'),
+                ('server.thread_pool: 100', 'server.thread_pool: abc', 'thread_pool: abc: must be a value')):
+            self.assertIn(old, shipped)
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, 'prod.conf')
+                with open(path, 'w') as f:
+                    f.write(shipped.replace(old, new))
+                with mock.patch('sys.stderr') as stderr, self.assertRaises(SystemExit) as caught:
+                    settings.load(path, folder, environ={})
+            self.assertEqual(caught.exception.code, 2)
+            printed = ''.join(c.args[0] for c in stderr.write.call_args_list)
+            self.assertTrue(printed.startswith('Bad setting: prod.conf: '), printed)
+            self.assertIn(said, printed)
 
     def test_a_missing_or_broken_config_file_exits_2(self):
         with tempfile.TemporaryDirectory() as folder:
@@ -1507,6 +1535,12 @@ class OwnSettingsTest(unittest.TestCase):
         self.assertNotIn('processes', line)
         self.assertIn('admin port: off', line)
 
+    def test_a_setting_of_yours_that_defaults_to_none_or_a_list_reads_its_variable(self):
+        """A database URL defaulting to None ignored DB_URL (and a list, TAGS) silently."""
+        variables = settings.user_variables({'ops.db_url': None, 'ops.tags': ['a'], 'ops.n': 1})
+        values = settings.read_environment({'DB_URL': 'postgres://x', 'TAGS': 'a, b,,c'}, variables)
+        self.assertEqual(values, {'DB_URL': 'postgres://x', 'TAGS': ['a', 'b', 'c']})
+
     def test_a_handler_reads_its_setting_and_the_environment_overrides_it(self):
         with tempfile.TemporaryDirectory() as folder:
             project_copy(folder, GREETING_CONF)
@@ -1748,6 +1782,13 @@ class ProcessTest(unittest.TestCase):
         out, err = stop(proc)
         self.assertEqual(proc.returncode, 70, err[-2000:])
         self.assertIn("the server stopped on an error: RuntimeError('a bug')", err)
+
+    def test_the_site_tests_pass_whatever_settings_the_environment_holds(self):
+        """`DEV=1 ./run.sh`: the site's tests saw DEV=1, failed, and no server started."""
+        env = dict(os.environ, DEV='1', STATIC_MAX_AGE='60', LOG_FORMAT='json', PORT='1')
+        done = subprocess.run([sys.executable, 'test.py'], cwd=HERE, env=env,
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
 
     def test_works_from_another_working_directory(self):
         with tempfile.TemporaryDirectory() as elsewhere:
