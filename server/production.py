@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import queue
+import re
 import resource
 import select
 import selectors
@@ -522,7 +523,7 @@ class IdleConnections(cheroot.connections.ConnectionManager):
         if conn.head is None:
             pending = conn.pending
             if pending[:2] == b'\r\n':  # RFC 9112 2.2: empty lines before a request are ignored
-                stripped = pending.lstrip(b'\r\n')
+                stripped = pending[_EMPTY_LINES(pending).end():]  # whole CRLFs: "\r" may be half
                 self._hold(len(stripped) - len(pending))
                 pending = conn.pending = stripped
             end = http.head_end(pending, server.max_request_header_size or 2**20)
@@ -1257,14 +1258,19 @@ class _HeaderReader(cheroot.server.HeaderReader):
     """cheroot's header reader, without a field whose name has "_" and that another field
     shares once both are WSGI names: X_Forwarded_For and X-Forwarded-For are both
     HTTP_X_FORWARDED_FOR, and the later one won, so a client's X_Forwarded_For replaced the
-    X-Forwarded-For a proxy (HAProxy's option forwardfor) had written. nginx and Apache
-    drop every name with "_"; only those that collide are dropped here."""
+    X-Forwarded-For a proxy (HAProxy's option forwardfor) had written. Nor, ever, one that
+    the app would read as a field the server frames or routes by (Content_Length: the app's
+    CONTENT_LENGTH, not the server's). nginx and Apache drop every name with "_"; only
+    those are dropped here."""
+
+    FRAMING = {b'CONTENT_LENGTH', b'CONTENT_TYPE', b'TRANSFER_ENCODING', b'HOST'}
 
     def __call__(self, rfile, hdict=None):
         hdict = super().__call__(rfile, hdict)
         if any(b'_' in name for name in hdict):
             wsgi_names = collections.Counter(_wsgi_name(name) for name in hdict)
-            for name in [name for name in hdict if b'_' in name and wsgi_names[_wsgi_name(name)] > 1]:
+            for name in [name for name in hdict if b'_' in name and (
+                    wsgi_names[_wsgi_name(name)] > 1 or _wsgi_name(name) in self.FRAMING)]:
                 del hdict[name]
         return hdict
 
@@ -1847,9 +1853,14 @@ def trusted_proxy():
         request.remote.ip = request.remote.name = client
 
 
+_EMPTY_LINES = re.compile(rb'(?:\r\n)*').match
+
+
 def _address(value):
     """The IP address in `value` ("192.0.2.1", "2001:db8::1", with a port too: "192.0.2.1:80",
     "[2001:db8::1]:80"), normalized; None if it holds none."""
+    if '%' in value:  # an IPv6 zone id: any text at all after the "%"
+        return None
     for candidate in (value, value.rpartition(':')[0].strip('[]')):
         try:
             return str(ipaddress.ip_address(candidate))

@@ -354,6 +354,14 @@ class RawSocketTest(unittest.TestCase):
         answer = exchange(self.address, OK[:-2] + b'Connection: close\r\n\r\n')
         self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
 
+    def test_empty_lines_before_a_request_may_arrive_split(self):
+        with socket.create_connection(self.address, timeout=5) as client:
+            client.sendall(b'\r\n\r')  # a CR, its LF in the next packet
+            time.sleep(0.1)
+            client.sendall(b'\n' + OK[:-2] + b'Connection: close\r\n\r\n')
+            answer = b''.join(iter(lambda: client.recv(65536), b''))
+        self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer)
+
     def test_a_body_in_small_pieces_arrives_whole(self):
         body = bytes(range(256)) * 3
         with socket.create_connection(self.address, timeout=5) as client:
