@@ -1267,7 +1267,7 @@ class _HeaderReader(cheroot.server.HeaderReader):
 
     def __call__(self, rfile, hdict=None):
         hdict = super().__call__(rfile, hdict)
-        if any(b'_' in name for name in hdict):
+        if b'_' in b''.join(hdict):  # rare: one join, not a loop, on every request
             wsgi_names = collections.Counter(_wsgi_name(name) for name in hdict)
             for name in [name for name in hdict if b'_' in name and (
                     wsgi_names[_wsgi_name(name)] > 1 or _wsgi_name(name) in self.FRAMING)]:
