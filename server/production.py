@@ -1260,8 +1260,8 @@ class _HeaderReader(cheroot.server.HeaderReader):
     HTTP_X_FORWARDED_FOR, and the later one won, so a client's X_Forwarded_For replaced the
     X-Forwarded-For a proxy (HAProxy's option forwardfor) had written. Nor, ever, one that
     the app would read as a field the server frames or routes by (Content_Length: the app's
-    CONTENT_LENGTH, not the server's). nginx and Apache drop every name with "_"; only
-    those are dropped here."""
+    CONTENT_LENGTH, not the server's). nginx and Apache drop every name with "_"; here
+    only these two kinds are dropped."""
 
     FRAMING = {b'CONTENT_LENGTH', b'CONTENT_TYPE', b'TRANSFER_ENCODING', b'HOST'}
 
