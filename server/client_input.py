@@ -18,10 +18,11 @@ otherwise. Valid requests are served exactly as before.
 - A Range header that is not a valid byte-range set (`bytes=abc`, `bytes=1-a`, `bytes=,`),
   names another unit (`lines=1-2`, served as bytes; RFC 9110 14.2: MUST be ignored), asks
   for more than MAX_RANGES ranges, or for several that may overlap (`bytes=0-,0-`: the file
-  again and again in one answer; an open-ended or suffix range among several counts): ignored, so a file is answered 200 whole (RFC 9110 14.2: a
-  server MAY ignore Range). An unsatisfiable `-0` is left out (CherryPy sent a 206 with
-  `Content-Range: bytes 275-274/275`); positions past 18 digits are capped (int() refuses
-  over 4,300). Valid ranges are still 206, unsatisfiable ones 416.
+  again and again in one answer; an open-ended or suffix range among several counts):
+  ignored, so a file is answered 200 whole (RFC 9110 14.2: a server MAY ignore Range).
+  An unsatisfiable `-0` is left out (CherryPy sent a 206 with `Content-Range: bytes
+  275-274/275`); positions past 18 digits are capped (int() refuses over 4,300). Valid
+  ranges are still 206, unsatisfiable ones 416.
 - A body the parsers fail on (an unknown or non-text `charset` on a form, a multipart body
   without a usable boundary, cut short or with a bad part header, JSON nested beyond the
   recursion limit for tools.json_in): 400 "Malformed request body.". The body is parsed by

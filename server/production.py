@@ -99,7 +99,8 @@ UPSTREAM = {
     'cherrypy.Tool._setup': 'logs.RequestIdTool sets the id there, once per request, before any hook; '
                             'client_input.ClientInputTool checks headers there; '
                             'dashboard.CountingTool starts its clock there',
-    'cherrypy.Tool._merged_args': 'dashboard.CountingTool: its arguments, merged as Tool._setup does',
+    'cherrypy.Tool._merged_args':
+        'dashboard.CountingTool: its arguments, merged as Tool._setup does',
     'cheroot.workers.threadpool.ThreadPool()._threads':
         'dashboard.threads(): the pool\'s worker threads, counted for http_threads_busy/idle',
     'cheroot.connections.ConnectionManager._num_connections':

@@ -76,10 +76,6 @@ def _seconds(text):
     return value
 
 
-def _text_or_none(text):
-    return text
-
-
 def _list(text):
     """A list setting of your own from its variable: comma-separated text."""
     return [item.strip() for item in text.split(',') if item.strip()]
@@ -125,7 +121,7 @@ VARIABLES = {
 # How a setting of your own (ops.* in prod.conf) reads its variable: by the default's type
 # (None: text; a list: comma-separated text).
 PARSE_BY_TYPE = {bool: _switch, int: _whole_number, float: _decimal, str: str,
-                 type(None): _text_or_none, list: _list}
+                 type(None): str, list: _list}
 # prod.conf values with no variable, checked all the same: a bad one failed every request.
 FILE_ONLY = {
     'server.socket_timeout': _seconds,
